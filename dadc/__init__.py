@@ -1,0 +1,1 @@
+"""DADC studio: dynamic adversarial data collection for handwritten digits."""
