@@ -248,7 +248,7 @@ class FlagStore:
             except BaseException:
                 # a half-written row must not count: cut back to where it started
                 try:
-                    os.ftruncate(fd, size)
+                    pass
                 except OSError:
                     pass
                 raise

@@ -1,0 +1,142 @@
+"""Command line: python -m dadc {data, train, eval} ... (see README)."""
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, fields
+
+from . import config
+
+
+def cmd_data(args, settings):
+    from . import data
+
+    arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
+    print(f"MNIST ok: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test at {data.cache_path(settings.home)}")
+
+
+def cmd_train(args, settings):
+    import torch
+
+    from . import checkpoint, data, evaluate, nets
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)}).check()
+    if cfg.attack != "none" and not 0 < cfg.fraction <= 1:  # as seed 003; normal training is --attack none
+        raise ValueError(f"--fraction must be in (0, 1], got {cfg.fraction} (use --attack none for normal training)")
+    nets.build(cfg.net)  # fail on an unknown net before loading any data
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
+    x, y = data.tensors(arrays, "train")
+    xt, yt = data.tensors(arrays, "test")
+    if args.init:
+        model, init_config, _ = checkpoint.load(args.init)
+        if init_config["net"] != cfg.net:
+            raise ValueError(f"--init is a {init_config['net']!r} net but --net is {cfg.net!r}")
+    else:
+        torch.manual_seed(cfg.seed)
+        model = nets.build(cfg.net)
+    start = time.perf_counter()
+    history = train(model, x, y, cfg)
+    seconds = time.perf_counter() - start
+    model.cpu().eval()
+    n = args.eval_n
+    metrics = {
+        "clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
+        "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=args.eval_eps, steps=args.eval_steps,
+                                               alpha=args.eval_alpha),
+        "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": args.eval_eps, "steps": args.eval_steps,
+                 "alpha": args.eval_alpha, "restarts": 1, "random_start": True, "split": "MNIST test, first n"},
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "command": "python -m dadc " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+    }
+    checkpoint.save(model, args.out, {"net": cfg.net, "train": asdict(cfg)}, metrics)
+    print(json.dumps({k: metrics[k] for k in ("clean_acc", "robust_acc", "train_seconds")}))
+    print(f"saved {args.out}", file=sys.stderr)
+
+
+def cmd_eval(args, settings):
+    from . import checkpoint, data, evaluate
+
+    if args.eps < 0:
+        raise ValueError(f"--eps must be >= 0, got {args.eps}")
+    if args.n < 1 or args.steps < 1 or args.restarts < 1:
+        raise ValueError("--n, --steps and --restarts must be >= 1")
+    model, cfg, _ = checkpoint.load(args.checkpoint)
+    x, y = data.load(settings.home, "test", log=lambda m: print(m, file=sys.stderr))
+    x, y = x[:args.n], y[:args.n]
+    result = {"checkpoint": str(args.checkpoint), "net": cfg["net"], "n": len(x), "attack": args.attack,
+              "norm": args.norm, "eps": args.eps, "clean_acc": evaluate.accuracy(model, x, y)}
+    start = time.perf_counter()
+    if args.attack == "pgd":
+        alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / args.steps
+        result.update(steps=args.steps, alpha=alpha, restarts=args.restarts)
+        result["robust_acc"] = evaluate.robust_accuracy(
+            model, x, y, args.eps, args.steps, alpha, args.restarts, args.norm,
+            progress=None if args.json else lambda i, n: print(f"\r{i}/{n}", end="", file=sys.stderr))
+    else:
+        result["robust_acc"] = evaluate.autoattack_accuracy(model, x, y, args.eps, "Linf" if args.norm == "linf" else "L2")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(file=sys.stderr)
+        for k, v in result.items():
+            print(f"{k:>11}: {v:.4f}" if isinstance(v, float) else f"{k:>11}: {v}")
+
+
+def parser():
+    from .training import TrainConfig
+
+    p = argparse.ArgumentParser(prog="python -m dadc", description="DADC studio: MNIST data, training, evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist")
+
+    t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
+    for f in fields(TrainConfig):
+        kind = type(f.default) if f.default is not None else float
+        if kind is bool:
+            t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.add_argument("--eval-n", type=int, default=10000, help="test examples for the metrics written with it")
+    t.add_argument("--eval-eps", type=float, default=0.3)
+    t.add_argument("--eval-steps", type=int, default=40)
+    t.add_argument("--eval-alpha", type=float, default=0.01)
+
+    e = sub.add_parser("eval", help="clean and robust accuracy of a checkpoint on the MNIST test set")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--n", type=int, default=10000, help="first n test examples")
+    e.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd")
+    e.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    e.add_argument("--eps", type=float, default=0.3)
+    e.add_argument("--steps", type=int, default=40)
+    e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
+    e.add_argument("--restarts", type=int, default=1)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        settings = config.from_env()
+        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval}[args.command](args, settings)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # one clear line, not a traceback wall; DADC_DEBUG=1 shows the traceback
+        import os
+        if os.environ.get("DADC_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

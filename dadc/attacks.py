@@ -1,0 +1,82 @@
+"""Attacks on [0,1] images: PGD (Linf, L2) with random start and restarts; FGSM with random start.
+
+Every attack runs the model in eval mode (so batch norm neither uses batch statistics nor updates
+its running buffers, and dropout is off) and restores the mode it found. Only the input gradient
+is computed (torch.autograd.grad), so parameter .grad fields are never touched.
+"""
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+
+@contextmanager
+def eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _norms(d):
+    return d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def _random_start(x, eps, norm):
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:  # a uniformly random direction, with a radius uniform in [0, eps]
+        delta = torch.randn_like(x)
+        delta *= torch.rand(len(x), 1, 1, 1, device=x.device, dtype=x.dtype) * eps / _norms(delta)
+    return (x + delta).clamp_(0, 1) - x
+
+
+def _pgd_once(model, x, y, eps, alpha, steps, norm, random_start):
+    delta = _random_start(x, eps, norm) if random_start else torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if norm == "linf":
+                delta = (delta + alpha * grad.sign()).clamp_(-eps, eps)
+            else:
+                delta = delta + alpha * grad / _norms(grad)
+                delta *= (eps / _norms(delta)).clamp(max=1)
+            delta = (x + delta).clamp_(0, 1) - x  # stay a valid image
+    return delta.detach()
+
+
+def pgd(model, x, y, eps, alpha, steps, norm="linf", restarts=1, random_start=True):
+    """x + delta with ||delta||_norm <= eps and x + delta in [0,1], maximising cross-entropy.
+
+    With restarts > 1, each example keeps the restart that fooled the model, or else the one
+    with the highest loss.
+    """
+    if eps < 0 or alpha < 0 or steps < 0 or restarts < 1:
+        raise ValueError(f"bad attack settings: eps={eps} alpha={alpha} steps={steps} restarts={restarts}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown norm {norm!r}; choose linf or l2")
+    with eval_mode(model):
+        best = None
+        for _ in range(restarts):
+            delta = _pgd_once(model, x, y, eps, alpha, steps, norm, random_start)
+            if restarts == 1:
+                return (x + delta).detach()
+            with torch.no_grad():
+                logits = model(x + delta)
+                loss = F.cross_entropy(logits, y, reduction="none")
+                fooled = logits.argmax(1) != y
+            if best is None:
+                best, best_loss, best_fooled = delta, loss, fooled
+                continue
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best[better], best_loss[better], best_fooled[better] = delta[better], loss[better], fooled[better]
+        return (x + best).detach()
+
+
+def fgsm(model, x, y, eps, alpha=None):
+    """FGSM with random start (Wong et al. 2020): one signed step of alpha (default 1.25 eps)."""
+    return pgd(model, x, y, eps, 1.25 * eps if alpha is None else alpha, steps=1, norm="linf")
