@@ -86,28 +86,31 @@ def _write_cache(arrays: dict, path: Path) -> None:
 def _arrays_from_pickle_stream(raw: bytes) -> list:
     """The numpy arrays in a pickle stream, in order, without unpickling (nothing is executed).
 
-    A pickled ndarray carries a dtype, built as REDUCE(numpy.dtype, ('f4', ...)) and memoised
-    (BINPUT) for reuse (BINGET), then one binary string with the raw data. We follow just that.
+    A pickled ndarray is built from a dtype — REDUCE(numpy.dtype, ('f4', ...)), memoised (BINPUT)
+    for reuse (BINGET) — and a state tuple (version, shape, dtype, fortran, data) applied by BUILD,
+    whose last item is one string holding the raw bytes. We follow just that.
     """
     arrays, memo = [], {}
     code = dtype = made = None  # made: the dtype the previous op built, if any
+    last = [(None, None)] * 2   # the two previous ops, with their arguments
     for op, arg, _ in pickletools.genops(raw):
         if isinstance(arg, str) and re.fullmatch(r"[fiu][1248]", arg):  # a dtype code, e.g. 'f4'
             code = arg
         elif op.name == "REDUCE" and code:
             dtype = made = np.dtype(code).newbyteorder("<")
             code = None
-            continue
         elif op.name in ("BINPUT", "LONG_BINPUT") and made is not None:
             memo[arg] = made
         elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
             dtype = memo[arg]
-        elif op.name in ("BINSTRING", "BINBYTES", "BINBYTES8") and len(arg) > 64:
-            if dtype is None:
-                raise ValueError("array data with no dtype before it")
-            data = arg.encode("latin1") if isinstance(arg, str) else arg
-            arrays.append(np.frombuffer(data, dtype=dtype))
-        made = None
+        elif op.name == "BUILD" and last[1][0] == "TUPLE" and isinstance(last[0][1], (str, bytes)) and dtype:
+            data = last[0][1]
+            arrays.append(np.frombuffer(data.encode("latin1") if isinstance(data, str) else data, dtype=dtype))
+            dtype = None
+        if op.name != "REDUCE":
+            made = None
+        if op.name not in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):  # memo bookkeeping between the ops we read
+            last = [last[1], (op.name, arg)]
     return arrays
 
 
