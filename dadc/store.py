@@ -248,7 +248,7 @@ class FlagStore:
             except BaseException:
                 # a half-written row must not count: cut back to where it started
                 try:
-                    pass
+                    os.ftruncate(fd, size)
                 except OSError:
                     pass
                 raise
@@ -415,12 +415,18 @@ def export_dataset(home, out_dir):
     })
     (out / "data").mkdir(parents=True, exist_ok=True)
     counts = {}
-    for split, rs in splits.items():
-        cols = {k: [r[k] for r in rs] for k in features if k not in ("image", "canvas")}
-        # bytes, not paths: the parquet files must hold the images themselves
-        cols["image"] = [{"bytes": Path(r["path"]).read_bytes(), "path": None} for r in rs]
-        cols["canvas"] = [{"bytes": Path(r["canvas_path"]).read_bytes(), "path": None} for r in rs]
-        ds = datasets.Dataset.from_dict(cols, features=features)
-        ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
-        counts[split] = len(rs)
+    was_quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a CLI answers in one line, without progress bars
+    try:
+        for split, rs in splits.items():
+            # in the features' column order; bytes, not paths: the parquet holds the images themselves
+            cols = {k: [r[k] for r in rs] for k in features if k not in ("image", "canvas")}
+            cols = {"image": [{"bytes": Path(r["path"]).read_bytes(), "path": None} for r in rs],
+                    "canvas": [{"bytes": Path(r["canvas_path"]).read_bytes(), "path": None} for r in rs], **cols}
+            ds = datasets.Dataset.from_dict(cols, features=features)
+            ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+            counts[split] = len(rs)
+    finally:
+        if not was_quiet:
+            datasets.enable_progress_bars()
     return counts

@@ -262,3 +262,11 @@ def test_model_card_without_counts_says_so(tmp_path):
     d = make_round(tmp_path, 2, acc=0.5)
     card = model_card(d)
     assert "# DADC studio: round-002" in card and "0.5000" in card and "_not recorded_" in card
+
+
+def test_error_texts_are_scrubbed_of_the_token(tmp_path, caplog):
+    secret = "hf_scrub_me_please"
+    sync = HubSync(FlagStore(tmp_path), DATASET, secret)
+    err = sync._fail(RuntimeError(f"proxy said: Authorization: Bearer {secret}"), "pushing flags to the Hub")
+    for text in (str(err), sync.status()["last_error"]):
+        assert secret not in text and "Bearer hf_***" in text

@@ -28,8 +28,8 @@ def digit(seed=0):
     return Image.fromarray(arr)
 
 
-def run_py(code, *args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_py(code, *args, env=None, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=120, **kw)
 
@@ -321,3 +321,21 @@ def test_human_tensors(tmp_path):
     assert len(human_tensors(tmp_path, drop_disputed=False)[1]) == 5
     x0, y0 = human_tensors(tmp_path / "nothing")
     assert tuple(x0.shape) == (0, 1, 28, 28) and len(y0) == 0
+
+
+def test_cli_export(tmp_path):
+    home = tmp_path / "home"
+    store = FlagStore(home)
+    for k in range(12):
+        store.append(digit(k), k % 10)
+    env = {"DADC_HOME": str(home)}
+    res = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "out", env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"exported 12 flagged examples to {tmp_path / 'out'}" in res.stdout
+    assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == 2
+    again = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "out", env=env)
+    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out'} exists and is not an empty folder"]
+    empty = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "o2",
+                   env={"DADC_HOME": str(tmp_path / "none")})
+    assert empty.returncode == 1 and "nothing to export" in empty.stderr and not (tmp_path / "none").exists()
