@@ -88,6 +88,14 @@ def cmd_eval(args, settings):
             print(f"{k:>11}: {v:.4f}" if isinstance(v, float) else f"{k:>11}: {v}")
 
 
+def cmd_export(args, settings):
+    from .store import export_dataset
+
+    counts = export_dataset(settings.home, args.out)
+    print(f"exported {sum(counts.values())} flagged examples to {args.out} "
+          f"(train {counts['train']}, validation {counts['validation']}; parquet, loads with datasets.load_dataset)")
+
+
 def parser():
     from .training import TrainConfig
 
@@ -98,7 +106,7 @@ def parser():
 
     t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
     for f in fields(TrainConfig):
-        kind = type(f.default) if f.default is not None else float
+        kind = f.type if f.type in (int, float, str, bool) else float  # `float | None` -> float
         if kind is bool:
             t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
         else:
@@ -120,6 +128,9 @@ def parser():
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     e.add_argument("--restarts", type=int, default=1)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    x = sub.add_parser("export", help="write the flagged examples as a parquet dataset (train/validation)")
+    x.add_argument("out", help="folder to write (must not exist, or be empty)")
     return p
 
 
@@ -127,7 +138,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         settings = config.from_env()
-        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval}[args.command](args, settings)
+        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export}[args.command](args, settings)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # one clear line, not a traceback wall; DADC_DEBUG=1 shows the traceback
