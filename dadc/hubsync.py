@@ -367,7 +367,9 @@ class _Scheduler(CommitScheduler):
 
     def push_to_hub(self):
         sync = self.sync
-        with self.lock:
+        # Two app processes on one DADC_HOME push the same replica folder: holding a file lock from
+        # snapshot to commit orders their commits like their snapshots, so the Hub never goes back.
+        with self.lock, sync.store._locked(sync.store.root / ".push.lock"):
             try:
                 info = sync._push_flags(self)
             except Exception as e:

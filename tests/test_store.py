@@ -323,19 +323,26 @@ def test_human_tensors(tmp_path):
     assert tuple(x0.shape) == (0, 1, 28, 28) and len(y0) == 0
 
 
-def test_cli_export(tmp_path):
+def test_cli_export(tmp_path, monkeypatch, capsys):
+    from dadc.__main__ import main
+
     home = tmp_path / "home"
     store = FlagStore(home)
     for k in range(12):
         store.append(digit(k), k % 10)
-    env = {"DADC_HOME": str(home)}
-    res = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "out", env=env)
+    res = run_py("import runpy; runpy.run_module('dadc', run_name='__main__')", "export", tmp_path / "out",
+                 env={"DADC_HOME": str(home)})  # python -m dadc export OUT
     assert res.returncode == 0, res.stderr
     assert f"exported 12 flagged examples to {tmp_path / 'out'}" in res.stdout
     assert len(list((tmp_path / "out" / "data").glob("*.parquet"))) == 2
-    again = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "out", env=env)
-    assert again.returncode == 1 and again.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'out'} exists and is not an empty folder"]
-    empty = run_py("from dadc.__main__ import main; main()", "export", tmp_path / "o2",
-                   env={"DADC_HOME": str(tmp_path / "none")})
-    assert empty.returncode == 1 and "nothing to export" in empty.stderr and not (tmp_path / "none").exists()
+    # bad input: one clear line and a non-zero exit
+    monkeypatch.setenv("DADC_HOME", str(home))
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'out'} exists and is not an empty folder"]
+    monkeypatch.setenv("DADC_HOME", str(tmp_path / "none"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(tmp_path / "o2")])
+    assert exit_.value.code == 1 and "nothing to export" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
