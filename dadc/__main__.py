@@ -30,6 +30,13 @@ def cmd_train(args, settings):
     arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
     x, y = data.tensors(arrays, "train")
     xt, yt = data.tensors(arrays, "test")
+    human = None
+    if args.human:
+        from .store import human_tensors
+
+        human = human_tensors(settings.home)
+        if len(human[0]) == 0:
+            raise ValueError(f"--human: the human example set under {settings.home} is empty (flag some first)")
     if args.init:
         model, init_config, _ = checkpoint.load(args.init)
         if init_config["net"] != cfg.net:
@@ -38,7 +45,7 @@ def cmd_train(args, settings):
         torch.manual_seed(cfg.seed)
         model = nets.build(cfg.net)
     start = time.perf_counter()
-    history = train(model, x, y, cfg)
+    history = train(model, x, y, cfg, human=human)
     seconds = time.perf_counter() - start
     model.cpu().eval()
     n = args.eval_n
@@ -50,8 +57,10 @@ def cmd_train(args, settings):
                  "alpha": args.eval_alpha, "restarts": 1, "random_start": True, "split": "MNIST test, first n"},
         "train_seconds": round(seconds, 1),
         "history": history,
+        "human_examples": 0 if human is None else len(human[0]),
         "command": "python -m dadc " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     checkpoint.save(model, args.out, {"net": cfg.net, "train": asdict(cfg)}, metrics)
     print(json.dumps({k: metrics[k] for k in ("clean_acc", "robust_acc", "train_seconds")}))
@@ -111,6 +120,7 @@ def parser():
             t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
         else:
             t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")
     t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.add_argument("--eval-n", type=int, default=10000, help="test examples for the metrics written with it")

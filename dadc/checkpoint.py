@@ -36,6 +36,8 @@ def save(model, directory, config: dict, metrics: dict) -> Path:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be read by others
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)

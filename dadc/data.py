@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -141,9 +142,30 @@ def arrays_from_mnist_pkl(gz_bytes: bytes) -> dict:
             "test_x": images(sx), "test_y": labels(sy)}
 
 
+def _hub_reachable(seconds=10.0) -> bool:
+    """One quick look at the Hub, with a hard deadline. Without a route, datasets' own retries (and
+    slow DNS failures) can take minutes before it gives up; we would rather fall back at once."""
+    from huggingface_hub import constants, get_session
+
+    done, reached = threading.Event(), []
+
+    def probe():
+        try:
+            get_session().head(f"{constants.ENDPOINT}/api/datasets/ylecun/mnist", timeout=seconds)
+            reached.append(True)
+        except Exception:  # no route, DNS failure, TLS failure: all mean "not reachable"
+            pass
+        done.set()
+
+    threading.Thread(target=probe, daemon=True).start()  # daemon: a hung DNS lookup never blocks exit
+    return done.wait(seconds) and bool(reached)
+
+
 def _from_hub() -> dict:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise DataError("HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise DataError("the Hub is not reachable")
     import datasets  # imported here: it is slow to import and not needed once the cache exists
 
     try:
