@@ -1,0 +1,19 @@
+"""The Space's entry point: `python app.py` serves the DADC studio (see README).
+
+Gradio reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT itself. All state lives under DADC_HOME,
+Gradio's upload cache included (GRADIO_TEMP_DIR, unless set), so nothing is written outside it.
+"""
+import os
+
+from dadc import config
+
+settings = config.from_env()
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy first: no usage reports unless asked
+os.environ.setdefault("GRADIO_TEMP_DIR", str((settings.home / "gradio-tmp").resolve()))  # before gradio loads
+
+from dadc import ui  # noqa: E402
+
+demo = ui.build(settings)
+
+if __name__ == "__main__":
+    ui.launch(demo)

@@ -1,0 +1,187 @@
+"""Any canvas -> an MNIST-style 28x28 image, the way LeCun et al. built MNIST.
+
+MNIST digits are white ink on black, size-normalised to fit a 20x20 box (aspect kept, anti-aliased),
+then placed in a 28x28 field so that their centre of mass sits at the centre. A digit drawn on a
+canvas has none of that: any size, anywhere, any colour, on white or on transparent. Resizing the
+whole canvas to 28x28 loses most small or off-centre digits (DESIGN.md), so we redo LeCun's steps:
+
+  ink map (from alpha, or dark-on-light colour distance)  ->  ink bounding box
+  -> crop, resize to fit 20x20 keeping aspect  ->  paste so the centre of mass lands at (14, 14)
+
+Most of the work is done by PIL on 8-bit images (C loops, no float copies of the canvas), so a
+800x800 canvas takes about a millisecond and memory stays bounded on huge canvases: those are
+box-reduced to at most MAX_SIDE pixels first (a reduction keeps ink as grey, it never drops a stroke).
+"""
+import math
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter
+
+MAX_SIDE = 1024              # canvases larger than this are box-reduced first (bounded memory and time)
+MAX_PIXELS = 25_000_000      # larger images are refused before decoding (a 20000x20000 PNG is 400 Mpx)
+INK = 40                     # 0-255: ink weaker than this is noise (anti-aliasing, JPEG, paper)
+MOSTLY_INK = 0.85            # more ink than this fraction of the canvas is not a digit
+COARSE = 192                 # the coarse pass (where is the ink?) looks at a copy this size
+HI = 80                      # the digit is fitted at 4x MNIST's 20 px, its stroke evened out, then shrunk
+_MASK = [0] * INK + [255] * (256 - INK)       # lookup tables: ink map -> binary mask
+_FAINT = [0] * (INK // 4) + [255] * (256 - INK // 4)   # in the coarse copy a thin stroke is faint
+
+BLANK = "draw a digit"
+ALL_INK = "the canvas is covered in ink: clear it and draw one digit"
+
+
+class CanvasError(ValueError):
+    """The canvas holds no single digit to read; the message is meant for the person drawing."""
+
+
+def check_size(width, height):
+    if width * height > MAX_PIXELS:
+        raise CanvasError(f"image too large ({width}x{height}): at most {MAX_PIXELS // 1_000_000} megapixels")
+
+
+def as_image(value):
+    """A PIL image from what Gradio or a caller hands us: PIL, numpy (HxW, HxWx3, HxWx4), or None."""
+    if value is None or isinstance(value, Image.Image):
+        return value
+    arr = np.asarray(value)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+        raise CanvasError(f"not an image: array of shape {arr.shape}")
+    if arr.dtype != np.uint8:  # floats in [0, 1] (as a model sees them) or wider ints
+        arr = np.clip(arr * 255 if arr.dtype.kind == "f" and arr.max() <= 1 else arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def pick(value):
+    """The image to read from a Sketchpad value {"background", "layers", "composite"}: the composite,
+    else the background (an API caller may send only that), else the top layer. None if all empty."""
+    if not isinstance(value, dict):
+        return as_image(value)
+    for key in ("composite", "background"):
+        if value.get(key) is not None:
+            return as_image(value[key])
+    layers = [layer for layer in (value.get("layers") or []) if layer is not None]
+    return as_image(layers[-1]) if layers else None
+
+
+def _ink(img, how):
+    """8-bit 'L' ink image (255 = full ink) of an image in mode L/LA/RGB/RGBA, read as `how` says."""
+    bands = img.split()
+    if how == "alpha":
+        return bands[-1]
+    color = bands[:1] if img.mode in ("L", "LA") else bands[:3]
+    if how == "dark":  # dark on light: distance from white = 255 - min channel (red ink counts)
+        low = color[0]
+        for band in color[1:]:
+            low = ImageChops.darker(low, band)
+        return ImageChops.invert(low)
+    high = color[0]  # light on dark (MNIST itself): max channel
+    for band in color[1:]:
+        high = ImageChops.lighter(high, band)
+    return high
+
+
+def _how(img):
+    """How to read ink from this image: "alpha" where it has transparency (strokes are what is
+    opaque), else "dark" (dark on light), or "light" when the border is dark (light on dark)."""
+    if img.mode in ("LA", "RGBA") and img.getchannel("A").getextrema()[0] < 255:
+        return "alpha"
+    dark = np.asarray(_ink(img, "dark"))
+    border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+    return "light" if np.median(border) > 127 else "dark"
+
+
+def _fit(ink, box):
+    """Crop to the ink and resize to fit a box x box square, keeping the aspect ratio."""
+    left, top, right, bottom = ink.point(_MASK).getbbox()
+    digit = ink.crop((left, top, right, bottom))
+    w, h = digit.size
+    scale = box / max(w, h)
+    # LANCZOS anti-aliases when shrinking (as MNIST was made) and stays smooth when enlarging
+    return digit.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+
+
+def stroke_width(img):
+    """Mean stroke width in pixels of an 'L' image: area / half the perimeter of the ink >= 128."""
+    m = np.asarray(img) >= 128
+    area = m.sum()
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return 2.0 * area / max(area - inner.sum(), 1)
+
+
+def _normalise_stroke(hi):
+    """Bring a stroke much thicker or thinner than MNIST's back into MNIST's range. At HI px per
+    digit, MNIST's strokes are 6.6-15.4 px wide (5th-95th percentile, measured on the test set with
+    stroke_width); outside that a drawn digit is thinned or thickened to about the median (~10)."""
+    width = stroke_width(hi)
+    if width > 16:
+        steps, filt = round((width - 11) / 2), ImageFilter.MinFilter(3)   # each pass: 1 px off each side
+    elif width < 6:
+        steps, filt = round((9 - width) / 2), ImageFilter.MaxFilter(3)
+    else:
+        return hi
+    pad = Image.new("L", (hi.size[0] + 2 * steps + 2, hi.size[1] + 2 * steps + 2))
+    pad.paste(hi, (steps + 1, steps + 1))
+    for _ in range(steps):
+        thinner = pad.filter(filt)
+        if thinner.point(_MASK).getbbox() is None:  # never erode a digit away
+            break
+        pad = thinner
+    return _fit(pad, HI)
+
+
+def to_mnist(value):
+    """float32 [28, 28] in [0, 1], white digit on black, as MNIST. Raises CanvasError (with a message
+    for the person) when there is nothing to read: a blank canvas, or one covered in ink."""
+    img = pick(value)
+    if img is None:
+        raise CanvasError(BLANK)
+    check_size(*img.size)
+    if max(img.size) > MAX_SIDE:  # bound memory and time: box-reduce before anything else
+        img = img.reduce(math.ceil(max(img.size) / MAX_SIDE))
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert("RGBA")
+    # coarse pass on a small copy: how to read the ink, roughly where it is, whether it is all ink
+    f = max(1, max(img.size) // COARSE)
+    coarse = img.reduce(f) if f > 1 else img
+    how = _how(coarse)
+    ink = _ink(coarse, how)
+    if ink.point(_MASK).histogram()[255] > MOSTLY_INK * ink.size[0] * ink.size[1]:
+        raise CanvasError(ALL_INK)
+    box = ink.point(_FAINT).getbbox()
+    if box is None:
+        # an opaque canvas that is dark all over reads as light on dark with no ink: say what it is
+        raise CanvasError(ALL_INK if how == "light" else BLANK)
+    # fine pass on the full-resolution crop around it
+    left, top, right, bottom = box
+    crop = img.crop((max(0, (left - 1) * f), max(0, (top - 1) * f),
+                     min(img.size[0], (right + 1) * f), min(img.size[1], (bottom + 1) * f)))
+    ink = _ink(crop, how)
+    if ink.point(_MASK).getbbox() is None:
+        raise CanvasError(BLANK)
+    hi = _fit(ink, HI)
+    hi = hi.point(_stretch(hi.getextrema()[1]))  # full-strength ink, whatever the pen or its colour
+    hi = _normalise_stroke(hi)
+    small = hi.resize((max(1, round(hi.size[0] * 20 / HI)), max(1, round(hi.size[1] * 20 / HI))), Image.BOX)
+    small = np.asarray(small, dtype=np.float32)
+    small /= max(small.max(), 1.0)  # the 20x20's darkest pixel is full ink, as in MNIST
+    h, w = small.shape
+    ys, xs = np.indices(small.shape)
+    mass = small.sum()
+    cy, cx = (ys * small).sum() / mass, (xs * small).sum() / mass
+    # shift the centre of mass to (14, 14), keeping the whole digit inside the field
+    top = int(np.clip(round(14 - cy), 0, 28 - h))
+    left = int(np.clip(round(14 - cx), 0, 28 - w))
+    out = np.zeros((28, 28), dtype=np.float32)
+    out[top:top + h, left:left + w] = small
+    return out
+
+
+def _stretch(peak):
+    return [min(255, round(v * 255 / max(peak, 1))) for v in range(256)]
+
+
+def to_image(x28):
+    """The 28x28 as a PIL image (what the model sees), white on black, 8-bit."""
+    return Image.fromarray((np.clip(x28, 0, 1) * 255).round().astype(np.uint8), mode="L")

@@ -1,0 +1,194 @@
+"""Headless DADC rounds for researchers: `python -m dadc simulate --drawings DIR --rounds R`.
+
+DIR holds PNG canvases and labels.csv (columns file,label). The drawings are split in two halves
+(seeded): the first is the pool the simulated people draw from, the second is never flagged and
+measures how often each round is fooled by drawings it has not seen. Each round: every pool drawing
+the serving model gets wrong is flagged (until the threshold), which starts the same RetrainJob
+(fine-tune, gate, promote) the app uses; then the unseen error rate and MNIST test accuracy are
+reported. `--make-drawings N` writes such a DIR from MNIST test digits drawn on canvases.
+"""
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from . import preprocess
+
+
+# --- canvases from MNIST digits (benchmarks, tests, a DIR to try simulate on) ---------------------
+
+def draw(digit28, size=(448, 448), height=300, thicken=0, fmt="RGBA", at=None, color=(0, 0, 0), rng=None):
+    """An MNIST digit (uint8 28x28, white on black) as a person might have drawn it on a canvas:
+    `height` pixels tall at `at` (top-left; random if None), stroke thickened by `thicken` pixels,
+    in one of the formats a canvas comes in:
+      "RGBA"  opaque white with dark ink (the Sketchpad's composite)
+      "layer" transparent, the strokes opaque in `color` (a Sketchpad layer)
+      "RGB"   white with ink in `color`;  "L" grey, dark on light."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    im = Image.fromarray(np.asarray(digit28, dtype=np.uint8))
+    im = im.crop(im.point(lambda v: 255 if v > 40 else 0).getbbox())
+    scale = height / im.size[1]
+    im = im.resize((max(1, round(im.size[0] * scale)), max(1, height)), Image.BILINEAR)
+    if thicken > 0:
+        im = im.filter(ImageFilter.MaxFilter(2 * (thicken // 2) + 1))
+    w, h = size
+    if at is None:
+        at = (int(rng.integers(0, max(1, w - im.size[0]))), int(rng.integers(0, max(1, h - im.size[1]))))
+    alpha = Image.new("L", size, 0)
+    alpha.paste(im, at)
+    if fmt == "layer":
+        layer = Image.new("RGBA", size, tuple(color) + (0,))
+        layer.putalpha(alpha)
+        return layer
+    ink = Image.new("RGB", size, tuple(color))
+    out = Image.composite(ink, Image.new("RGB", size, (255, 255, 255)), alpha)
+    if fmt == "RGBA":
+        return out.convert("RGBA")
+    if fmt == "RGB":
+        return out
+    if fmt == "L":
+        return out.convert("L")
+    raise ValueError(f"unknown canvas format {fmt!r}")
+
+
+def random_canvas(digit28, rng, fmt=None):
+    """One canvas with a random format, size, digit height, position, stroke and ink colour."""
+    fmt = fmt or ["RGBA", "layer", "RGB", "L"][int(rng.integers(4))]
+    size = (int(rng.integers(200, 1200)), int(rng.integers(200, 1200)))
+    height = int(rng.integers(28, int(0.9 * size[1]) + 1))
+    thicken = int(height * rng.uniform(0, 0.08))
+    color = (0, 0, 0) if fmt in ("RGBA", "L") else tuple(int(v) for v in rng.integers(0, 160, 3))
+    return draw(digit28, size, height, thicken, fmt, color=color, rng=rng)
+
+
+def make_drawings(out, n, home, seed=0):
+    """Write n MNIST test digits drawn on canvases, and labels.csv, into the folder `out`."""
+    from . import data
+
+    arrays = data.fetch(home, log=lambda m: print(m, file=sys.stderr))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(arrays["test_y"]), size=n, replace=False)
+    with open(out / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label"])
+        for i, k in enumerate(pick):
+            name = f"{i:05d}.png"
+            random_canvas(arrays["test_x"][k], rng).save(out / name)
+            w.writerow([name, int(arrays["test_y"][k])])
+    return out
+
+
+# --- the simulation ---------------------------------------------------------------------------------
+
+def read_drawings(folder):
+    """[(28x28 float image, label, canvas path)] from DIR/labels.csv; unreadable rows are an error."""
+    folder = Path(folder)
+    if not (folder / "labels.csv").is_file():
+        raise ValueError(f"{folder} has no labels.csv (columns file,label)")
+    out = []
+    with open(folder / "labels.csv", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                label = int(row["label"])
+                if not 0 <= label <= 9:
+                    raise ValueError
+                with Image.open(folder / row["file"]) as im:
+                    out.append((preprocess.to_mnist(im), label, folder / row["file"]))
+            except (KeyError, TypeError, ValueError, OSError) as e:
+                raise ValueError(f"labels.csv line {i}: {row} is not a readable drawing and a digit 0-9 ({e})") from None
+    if len(out) < 4:
+        raise ValueError(f"{folder} has {len(out)} drawings; need at least 4 (half flagged, half unseen)")
+    return out
+
+
+def error_rate(predictor, drawings):
+    wrong = sum(int(predictor.probs(x)[1].argmax()) != y for x, y, _ in drawings)
+    return wrong / len(drawings)
+
+
+def simulate(drawings_dir, rounds, home, threshold, seed_round, cfg=None, seed=0, log=print):
+    """Run up to `rounds` DADC rounds on the drawings; returns one dict per round (round 0 first)."""
+    from . import data, evaluate
+    from .rounds import Predictor, Registry, RetrainJob, RoundConfig, round_number
+    from .store import FlagStore
+
+    drawings = read_drawings(drawings_dir)
+    order = np.random.default_rng(seed).permutation(len(drawings))
+    half = len(drawings) // 2
+    pool = [drawings[i] for i in order[:half]]
+    unseen = [drawings[i] for i in order[half:]]
+    arrays = data.fetch(home, log=lambda m: log(m))
+    xt, yt = data.tensors(arrays, "test")
+    registry = Registry(home, seed_round)
+    predictor = Predictor(registry)
+    store = FlagStore(home)
+    job = RetrainJob(registry, predictor, store, threshold, cfg or RoundConfig.from_env(), mnist=arrays)
+    flagged = set()
+
+    def report(r, attempt=None):
+        name, model = predictor.serving
+        row = {"round": r, "serving": name, "unseen_error": error_rate(predictor, unseen),
+               "mnist_test_acc": evaluate.accuracy(model, xt, yt), "flagged": len(flagged)}
+        if attempt:
+            row.update(passed=attempt.get("passed"), reasons=attempt.get("reasons"), seconds=attempt.get("seconds"))
+        log(json.dumps(row))
+        return row
+
+    rows = [report(0)]
+    for r in range(1, rounds + 1):
+        name = predictor.round
+        new = 0
+        for i, (x, y, path) in enumerate(pool):
+            if i in flagged or new >= threshold:
+                continue
+            p = predictor.probs(x)[1]
+            if int(p.argmax()) != y:  # the simulated person flags what fooled the model
+                with Image.open(path) as canvas:
+                    store.append(x, y, canvas=canvas.copy(), prediction=int(p.argmax()),
+                                 confidences=[float(v) for v in p], round=round_number(name), session="simulate")
+                flagged.add(i)
+                new += 1
+                job.notify()
+        if new < threshold:
+            log(f"round {r}: only {new} drawings left that fool {name} (threshold {threshold}): stopping")
+            break
+        start = time.perf_counter()
+        job.wait()
+        attempt = [h for h in registry.history() if h.get("event") == "attempt"][-1]
+        rows.append(report(r, attempt))
+        log(f"round {r}: {'promoted ' + attempt['round'] if attempt['passed'] else 'rejected'} "
+            f"in {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+def main(args, settings):
+    """The CLI: python -m dadc simulate --drawings DIR --rounds R [--threshold T] [--make-drawings N]."""
+    from .rounds import ROUND0
+
+    if args.make_drawings:
+        make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
+        print(f"wrote {args.make_drawings} drawings and labels.csv to {args.drawings}", file=sys.stderr)
+        if not args.rounds:
+            return
+    if args.rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    threshold = args.threshold or settings.threshold
+    rows = simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
+                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"rounds": rows}))
+
+
+def add_arguments(p):
+    p.add_argument("--drawings", required=True, help="folder of PNG canvases with labels.csv (file,label)")
+    p.add_argument("--rounds", type=int, default=0, help="rounds to run")
+    p.add_argument("--threshold", type=int, default=None, help="flags per round (default DADC_THRESHOLD)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split into flagged / unseen halves")
+    p.add_argument("--seed-round", default=None, help="round-0 checkpoint dir (default models/round-000)")
+    p.add_argument("--make-drawings", type=int, default=0, metavar="N",
+                   help="first write N MNIST test digits drawn on canvases into --drawings")

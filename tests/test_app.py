@@ -1,0 +1,198 @@
+"""The app as users and scripts meet it: `python app.py` really launched on a free port, called with
+gradio_client over HTTP. Real files under a tmp DADC_HOME, a real (small) round 0, real retraining."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from dadc.simulate import draw
+from test_rounds import TINY, mnist_into, train_round0
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """`python app.py` in a subprocess, on its own DADC_HOME and port; stopped at the end."""
+
+    def __init__(self, home, round0, **env):
+        self.home = Path(home)
+        mnist_into(self.home)
+        dest = self.home / "rounds" / "round-000"
+        if not dest.exists():  # the Registry seeds from models/round-000 only when it has no rounds
+            dest.mkdir(parents=True)
+            for f in round0.iterdir():
+                (dest / f.name).write_bytes(f.read_bytes())
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = dict(os.environ, DADC_HOME=str(self.home), GRADIO_SERVER_NAME="127.0.0.1",
+                    GRADIO_SERVER_PORT=str(self.port), PYTHONPATH=str(ROOT), DADC_THRESHOLD="3",
+                    **{f"DADC_ROUND_{k.upper()}": str(v) for k, v in TINY.items()}, **env)
+        full.pop("GRADIO_TEMP_DIR", None)
+        self.log = open(self.home / "app.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, (self.home / "app.log").read_text()
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not start: " + (self.home / "app.log").read_text())
+
+    def client(self):
+        return Client(self.url, verbose=False)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def round0(tmp_path_factory):
+    return train_round0(tmp_path_factory.mktemp("round0") / "round-000")
+
+
+@pytest.fixture(scope="module")
+def mnist(round0):
+    from dadc import data
+
+    return data.fetch(round0.parent / "mnist-home", log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, round0):
+    a = App(tmp_path_factory.mktemp("home"), round0, DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
+    yield a
+    a.stop()
+
+
+def canvas_file(path, digit28, **kw):
+    draw(digit28, **kw).save(path)
+    return {"background": handle_file(str(path)), "layers": [], "composite": None}
+
+
+def stored(home):
+    rows = []
+    for f in (Path(home) / "flags" / "data").glob("*/metadata.jsonl"):
+        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def test_predict_reads_drawn_digits_and_refuses_to_guess_on_blank(app, mnist, tmp_path):
+    c = app.client()
+    right = 0
+    for i in range(10):
+        value = canvas_file(tmp_path / f"{i}.png", mnist["test_x"][i], size=(448, 448), height=200 + 20 * i,
+                            fmt=["RGBA", "layer", "RGB", "L"][i % 4], rng=np.random.default_rng(i))
+        out = c.predict(value, api_name="/predict")
+        assert len(out["confidences"]) == 3 and out["label"] == out["confidences"][0]["label"]
+        assert sum(x["confidence"] for x in out["confidences"]) <= 1.0001
+        right += out["label"] == str(mnist["test_y"][i])
+    assert right >= 8  # a small round 0: most, not all
+    blank = c.predict({"background": None, "layers": [], "composite": None}, api_name="/predict")
+    assert blank["label"] == "draw a digit" and not blank.get("confidences")
+
+
+def test_flag_stores_the_example_with_its_receipt(app, mnist, tmp_path):
+    c = app.client()
+    value = canvas_file(tmp_path / "f.png", mnist["test_x"][0], size=(600, 500), height=300)
+    before = len(stored(app.home))
+    r = c.predict(value, 7 if mnist["test_y"][0] != 7 else 1, api_name="/flag")
+    assert r["saved"] is True and isinstance(r["id"], str) and r["round"] == "round-000"
+    assert r["fooled"] == (r["prediction"] != r["label"]) and "round 0" in r["message"]
+    rows = stored(app.home)
+    assert len(rows) == before + 1 and rows[-1]["id"] == r["id"] and rows[-1]["label"] == r["label"]
+    folder = next((app.home / "flags" / "data").iterdir())
+    assert (folder / rows[-1]["file_name"]).exists() and (folder / rows[-1]["canvas_file_name"]).exists()
+    assert rows[-1]["session"].startswith("anon-") and len(rows[-1]["confidences"]) == 10
+
+
+def huge_png(path, side=20000):
+    """A valid 20000x20000 greyscale PNG that is small on disk (built row by row, never in memory)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z, row, parts = zlib.compressobj(9), b"\x00" + b"\xff" * side, []
+    for _ in range(side):
+        parts.append(z.compress(row))
+    parts.append(z.flush())
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                           + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def test_bad_input_gets_a_clear_message_and_stores_nothing(app, mnist, tmp_path):
+    c = app.client()
+    good = canvas_file(tmp_path / "g.png", mnist["test_x"][1])
+    before = len(stored(app.home))
+    for digit in (11, -1, "7", 2.5, True, None):
+        with pytest.raises(AppError, match="digit"):
+            c.predict(good, digit, api_name="/flag")
+    (tmp_path / "junk.png").write_bytes(b"these bytes are not an image")
+    junk = {"background": handle_file(str(tmp_path / "junk.png")), "layers": [], "composite": None}
+    with pytest.raises(AppError, match="not an image"):
+        c.predict(junk, api_name="/predict")
+    with pytest.raises(AppError, match="not an image"):
+        c.predict(junk, 3, api_name="/flag")
+    huge_png(tmp_path / "huge.png")
+    huge = {"background": handle_file(str(tmp_path / "huge.png")), "layers": [], "composite": None}
+    with pytest.raises(AppError, match="too large"):
+        c.predict(huge, api_name="/predict")
+    with pytest.raises(AppError, match="draw a digit"):
+        c.predict({"background": None, "layers": [], "composite": None}, 3, api_name="/flag")
+    from PIL import Image
+    Image.new("RGBA", (448, 448), (0, 0, 0, 255)).save(tmp_path / "ink.png")
+    ink = {"background": handle_file(str(tmp_path / "ink.png")), "layers": [], "composite": None}
+    assert "covered in ink" in c.predict(ink, api_name="/predict")["label"]
+    with pytest.raises(AppError, match="covered in ink"):
+        c.predict(ink, 3, api_name="/flag")
+    assert len(stored(app.home)) == before
+    assert app.proc.poll() is None  # still serving
+    assert c.predict(good, api_name="/predict")["confidences"]
+
+
+def test_verify_shows_others_examples_never_your_own(app, mnist, tmp_path):
+    alice, bob = app.client(), app.client()
+    r = alice.predict(canvas_file(tmp_path / "a.png", mnist["test_x"][2]), int(mnist["test_y"][2]), api_name="/flag")
+    seen = set()
+    for _ in range(20):  # bob goes through everything there is to verify
+        *_, ex = bob.predict(api_name="/verify_next")
+        if not ex:
+            break
+        assert set(ex) == {"id", "label"}  # no server paths leak
+        seen.add(ex["id"])
+        out = bob.predict(ex["id"], True, api_name="/verify")
+        assert out["agree"] >= 1
+    assert r["id"] in seen
+    for _ in range(5):
+        *_, ex = alice.predict(api_name="/verify_next")
+        assert not ex or ex["id"] != r["id"]
+        if ex:
+            alice.predict(ex["id"], False, api_name="/verify")
+    with pytest.raises(AppError, match="own"):
+        alice.predict(r["id"], True, api_name="/verify")
+    votes = [json.loads(line) for f in (app.home / "flags" / "data").glob("*/votes.jsonl")
+             for line in f.read_text().splitlines()]
+    assert any(v["id"] == r["id"] and v["agree"] for v in votes)

@@ -1,0 +1,190 @@
+"""Rounds in-process: registry, gate, one background job per threshold crossing, no lost trigger,
+rejection on record, rollback, hot swap. Real MNIST (a small subset), real threads, real files."""
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dadc import checkpoint, nets
+from dadc.rounds import Predictor, Registry, RetrainJob, RoundConfig, gate
+from dadc.store import FlagStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".dadc" / "mnist" / "mnist.safetensors"
+
+# a round in seconds: a few hundred MNIST examples, 2 PGD steps, small gate sets
+TINY = dict(mnist_n=300, steps=2, eval_n=300, robust_n=50, robust_steps=2, human_repeat=4)
+
+
+def mnist_into(home):
+    """Real MNIST for a tmp DADC_HOME: the cache `python -m dadc data` made, symlinked."""
+    if not CACHE.exists():
+        pytest.skip("real MNIST not cached: run `python -m dadc data` first (the README's test command does)")
+    (Path(home) / "mnist").mkdir(parents=True, exist_ok=True)
+    link = Path(home) / "mnist" / "mnist.safetensors"
+    if not link.exists():
+        link.symlink_to(CACHE)
+    return home
+
+
+def train_round0(out):
+    """A small but real round 0: the fast net, 1 epoch of normal training on 6000 MNIST digits."""
+    from dadc import data
+    from dadc.training import TrainConfig, train
+
+    arrays = data.fetch(mnist_into(out.parent / "mnist-home"), log=lambda m: None)
+    x, y = data.tensors(arrays, "train")
+    torch.manual_seed(0)
+    model = nets.build("fast")
+    train(model, x[:6000], y[:6000], TrainConfig(epochs=1, attack="none", lr=5e-3), progress=False)
+    checkpoint.save(model, out, {"net": "fast"}, {"note": "tiny test round 0"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def round0(tmp_path_factory):
+    return train_round0(tmp_path_factory.mktemp("round0") / "round-000")
+
+
+@pytest.fixture
+def loop(tmp_path, round0):
+    """(registry, predictor, store, job factory) on a fresh DADC_HOME with real MNIST."""
+    from dadc import data
+
+    home = mnist_into(tmp_path)
+    registry = Registry(home, round0)
+    predictor = Predictor(registry)
+    store = FlagStore(home)
+    arrays = data.fetch(home, log=lambda m: None)
+
+    def job(threshold=3, **cfg):
+        return RetrainJob(registry, predictor, store, threshold, RoundConfig(**{**TINY, **cfg}), mnist=arrays)
+    return registry, predictor, store, job, arrays
+
+
+def flag_some(store, job, arrays, n, start=0, label_shift=0):
+    """Flag n MNIST test digits (as people would draw them, already 28x28)."""
+    ids = []
+    for i in range(start, start + n):
+        x = arrays["test_x"][i].astype(np.float32) / 255
+        ids.append(store.append(x, int(arrays["test_y"][i] + label_shift) % 10, prediction=0, round=0, session=f"s{i}"))
+        job.notify()
+    return ids
+
+
+def attempts(registry):
+    return [h for h in registry.history() if h.get("event") == "attempt"]
+
+
+def test_registry_seeds_round0_and_keeps_current(tmp_path, round0):
+    reg = Registry(tmp_path, round0)
+    assert reg.names() == ["round-000"] and reg.current() == "round-000"
+    model, cfg, _ = reg.load("round-000")
+    name = reg.promote(model, cfg, {"clean_acc": 0.5})
+    assert name == "round-001" and reg.current() == "round-001"
+    again = Registry(tmp_path, round0)  # a restart: nothing re-seeded, the current round kept
+    assert again.names() == ["round-000", "round-001"] and again.current() == "round-001"
+    again.rollback("round-000", why="test")
+    assert Registry(tmp_path, round0).current() == "round-000"
+    assert again.history()[-1]["event"] == "rollback" and again.history()[-1]["to"] == "round-000"
+    with pytest.raises(ValueError, match="no round named"):
+        again.rollback("round-999")
+    with pytest.raises(FileNotFoundError, match="no round-000"):
+        Registry(tmp_path / "other", tmp_path / "missing")
+
+
+def test_gate_rules():
+    cfg = RoundConfig()
+    base = {"clean_acc": 0.99, "robust_acc": 0.80, "human_acc": 0.5}
+    assert gate(base, {"clean_acc": 0.988, "robust_acc": 0.795, "human_acc": 0.5}, cfg) == (True, [])
+    ok, why = gate(base, {"clean_acc": 0.985, "robust_acc": 0.70, "human_acc": 0.4}, cfg)
+    assert not ok and len(why) == 3 and "clean accuracy" in why[0] and "PGD" in why[1] and "human" in why[2]
+    assert gate(base, {"clean_acc": 0.99, "robust_acc": 0.8, "human_acc": None}, cfg)[0]  # no hold-out yet
+
+
+def test_threshold_starts_one_round_that_is_promoted_and_swapped_in(loop):
+    registry, predictor, store, make_job, arrays = loop
+    job = make_job(threshold=3, clean_drop=1.0, robust_drop=1.0)  # a gate any candidate passes
+    _, old_model = predictor.serving
+    flag_some(store, job, arrays, 2)
+    assert not job.running and job.pending() == (2, 1)  # below the threshold: nothing starts
+    flag_some(store, job, arrays, 1, start=2)
+    assert job.running  # started by the flag, in the background: notify() returned at once
+    assert job.wait(120)
+    [a] = attempts(registry)
+    assert a["passed"] and a["round"] == "round-001" and a["claimed"] == 3
+    assert registry.current() == "round-001" and predictor.round == "round-001"
+    assert predictor.serving[1] is not old_model  # swapped; the old model object is untouched
+    m = registry.metrics("round-001")
+    assert 0 <= m["robust_acc"] <= m["clean_acc"] <= 1 and m["counts"]["human examples"] + m["counts"]["human held out"] == 3
+
+
+def test_gate_rejection_keeps_serving_and_records_why(loop):
+    registry, predictor, store, make_job, arrays = loop
+    job = make_job(threshold=2, clean_drop=-1.0)  # the candidate would need 100 pt more: impossible
+    flag_some(store, job, arrays, 2)
+    assert job.wait(120)
+    [a] = attempts(registry)
+    assert not a["passed"] and "clean accuracy" in a["reasons"][0]
+    assert registry.names() == ["round-000"] and predictor.round == "round-000"
+    assert "rejected" in job.status["stage"]
+
+
+def test_many_flags_at_once_store_each_once_and_start_one_round_per_crossing(loop):
+    registry, predictor, store, make_job, arrays = loop
+    job = make_job(threshold=20, clean_drop=1.0, robust_drop=1.0)
+    ids, lock = [], threading.Lock()
+
+    def flagger(k):
+        got = flag_some(store, job, arrays, 2, start=2 * k)
+        with lock:
+            ids.extend(got)
+    threads = [threading.Thread(target=flagger, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert job.wait(180)
+    assert store.count() == 32 and len(set(ids)) == 32 and {r["id"] for r in store.examples()} == set(ids)
+    assert job.started == 1 and len(attempts(registry)) == 1 and attempts(registry)[0]["claimed"] == 20
+    flag_some(store, job, arrays, 8, start=100)  # 40 eligible: the second crossing
+    assert job.wait(180)
+    assert job.started == 2 and [a["claimed"] for a in attempts(registry)] == [20, 40]
+
+
+def test_flags_during_a_round_start_the_next_one_after_it(loop):
+    registry, predictor, store, make_job, arrays = loop
+    job = make_job(threshold=3, clean_drop=1.0, robust_drop=1.0)
+    flag_some(store, job, arrays, 3)
+    assert job.running
+    flag_some(store, job, arrays, 3, start=3)  # crosses again while the first round trains
+    assert job.started == 1  # never two at once
+    assert job.wait(240)
+    assert job.started == 2 and [a["round"] for a in attempts(registry)] == ["round-001", "round-002"]
+    assert predictor.round == "round-002"
+
+
+def test_restart_with_pending_flags_starts_a_round(loop):
+    registry, predictor, store, make_job, arrays = loop
+    for i in range(3):  # stored, but no job was listening (e.g. the app died before the round)
+        store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), round=0)
+    job = make_job(threshold=3, clean_drop=1.0, robust_drop=1.0).start()
+    assert job.running and job.wait(120) and len(attempts(registry)) == 1
+
+
+def test_verified_only_uses_examples_only_once_verified(loop):
+    from dadc.rounds import eligible
+
+    registry, predictor, store, make_job, arrays = loop
+    cfg = RoundConfig(verified_only=True, votes=2)
+    ids = [store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), session="a")
+           for i in range(3)]
+    assert eligible(store.examples(), cfg) == []
+    store.validate(ids[0], "b", True)
+    assert eligible(store.examples(), cfg) == []  # one vote of two
+    store.validate(ids[0], "c", True)
+    store.validate(ids[1], "b", False)
+    assert [r["id"] for r in eligible(store.examples(), cfg)] == [ids[0]]
+    assert {r["id"] for r in eligible(store.examples(), RoundConfig())} == {ids[0], ids[2]}  # disputed one out
