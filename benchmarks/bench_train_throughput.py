@@ -10,6 +10,7 @@ net, batch size, PGD steps and step size; both train the same number of samples.
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -72,7 +73,8 @@ def main():
     p.add_argument("--net", default="fast")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--samples", type=int, default=6000)
+    p.add_argument("--samples", type=int, default=3000)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--home", default=os.environ.get("DADC_HOME", ".dadc"))
     args = p.parse_args()
@@ -87,15 +89,28 @@ def main():
     train(nets.build(args.net), x, y, TrainConfig(**{**cfg.__dict__, "epochs": 2 * args.batch_size / len(x)}),
           progress=False)
 
-    ref = timed(lambda: reference_train(nets.build(args.net), x, y, args.samples, args.batch_size, eps, alpha,
-                                        args.steps, args.device))
-    ours = timed(lambda: (train(nets.build(args.net), x, y, cfg, progress=False), args.samples)[1])
+    fp32 = TrainConfig(**{**cfg.__dict__, "amp": False})
+
+    def ours(c):
+        return timed(lambda: (train(nets.build(args.net), x, y, c, progress=False), args.samples)[1])
+
+    def ref():
+        return timed(lambda: reference_train(nets.build(args.net), x, y, args.samples, args.batch_size, eps, alpha,
+                                             args.steps, args.device))
+
+    # interleaved and repeated, so that a slow moment on a shared machine hits every variant alike
+    runs = {"reference loop": [], "dadc trainer, fp32": [], "dadc trainer (default: bf16 autocast where native)": []}
+    for _ in range(args.repeats):
+        runs["reference loop"].append(ref())
+        runs["dadc trainer, fp32"].append(ours(fp32))
+        runs["dadc trainer (default: bf16 autocast where native)"].append(ours(cfg))
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; net {args.net}; PGD-{args.steps}; batch {args.batch_size}; "
-          f"{args.samples} samples each")
-    print(f"reference loop: {ref:8.1f} samples/s")
-    print(f"dadc trainer:   {ours:8.1f} samples/s")
-    print(f"ratio:          {ours / ref:8.2f}x")
+          f"{args.samples} samples per run; median of {args.repeats} runs")
+    base = statistics.median(runs["reference loop"])
+    for label, values in runs.items():
+        median = statistics.median(values)
+        print(f"{label:52s} {median:8.1f} samples/s   {median / base:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class TrainConfig:
     human_repeat: int = 1       # each human example appears this many times per epoch
     seed: int = 0
     device: str = "cpu"
-    amp: bool = True            # bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = True            # bfloat16 autocast where the hardware does bf16 natively (see fast_bf16)
     compile: bool = False       # torch.compile the net (pays off for long GPU runs)
 
     def check(self):
@@ -68,6 +68,13 @@ def mix_human(x, y, human=None, weight=1.0, repeat=1):
     return torch.cat([x, hx]), torch.cat([y, hy]), torch.cat([w, torch.full((len(hx),), float(weight))])
 
 
+def fast_bf16(device) -> bool:
+    """Whether bfloat16 math is native here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def one_cycle(step, total, peak, warmup):
     """Linear up to `peak` over the first `warmup` of training, then linearly down to 0."""
     t = step / max(total, 1)
@@ -88,7 +95,9 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
     net = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     alpha = cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and fast_bf16(device))
+    if device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC tensors
+        model.to(memory_format=torch.channels_last)
 
     n, bs = len(x), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -99,8 +108,9 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     while step < total:
         order = torch.randperm(n, generator=gen).to(device)
-        sums = torch.zeros(6, device=device)  # clean loss, clean errors, clean n, adv loss, adv errors, adv n
-        start, seen = time.perf_counter(), 0
+        sums = torch.zeros(4, device=device)  # clean loss, clean errors, adversarial loss, adversarial errors
+        counts = [0, 0]                       # clean, adversarial examples seen
+        start = time.perf_counter()
         for i in range(0, n, bs):
             if step >= total:
                 break
@@ -125,32 +135,31 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
             loss.backward()
             optimizer.step()
 
-            with torch.no_grad():
+            with torch.no_grad():  # stays on the device: no sync until the next progress update
                 wrong = (logits.argmax(1) != yb).float()
-                sums += torch.stack([losses[:k].sum(), wrong[:k].sum(), torch.tensor(float(k), device=device),
-                                     losses[k:].sum(), wrong[k:].sum(),
-                                     torch.tensor(float(len(idx) - k), device=device)])
+                sums += torch.stack([losses[:k].sum(), wrong[:k].sum(), losses[k:].sum(), wrong[k:].sum()])
+            counts[0] += k
+            counts[1] += len(idx) - k
             step += 1
-            seen += len(idx)
             if step % 50 == 0 or step == total:
-                metrics = _metrics(sums)
+                metrics = _metrics(sums, counts)
                 bar.set_postfix({k_: f"{v:.3f}" for k_, v in metrics.items()}, refresh=False)
                 if callback:
                     callback(step, total, metrics)
             bar.update(1)
         seconds = time.perf_counter() - start
-        history.append({"epoch": len(history) + 1, **_metrics(sums), "seconds": round(seconds, 2),
-                        "samples_per_s": round(seen / seconds, 1)})
+        history.append({"epoch": len(history) + 1, **_metrics(sums, counts), "seconds": round(seconds, 2),
+                        "samples_per_s": round(sum(counts) / seconds, 1)})
     bar.close()
     model.eval()
     return history
 
 
-def _metrics(sums):
-    s = sums.tolist()
+def _metrics(sums, counts):
+    s, (n_clean, n_adv) = sums.tolist(), counts
     out = {}
-    if s[2]:
-        out.update(clean_loss=s[0] / s[2], clean_err=s[1] / s[2])
-    if s[5]:
-        out.update(adv_loss=s[3] / s[5], adv_err=s[4] / s[5])
+    if n_clean:
+        out.update(clean_loss=s[0] / n_clean, clean_err=s[1] / n_clean)
+    if n_adv:
+        out.update(adv_loss=s[2] / n_adv, adv_err=s[3] / n_adv)
     return out
