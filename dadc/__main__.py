@@ -141,6 +141,14 @@ def parser():
 
     x = sub.add_parser("export", help="write the flagged examples as a parquet dataset (train/validation)")
     x.add_argument("out", help="folder to write (must not exist, or be empty)")
+
+    from . import rounds, simulate  # issue 3: headless rounds, rollback (each runs its own main)
+    s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")
+    simulate.add_arguments(s)
+    s.set_defaults(run=simulate.main)
+    r = sub.add_parser("rollback", help="serve an earlier round (from the app's next start)")
+    r.add_argument("round", help="e.g. round-002")
+    r.set_defaults(run=rounds.main_rollback)
     return p
 
 
@@ -148,7 +156,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         settings = config.from_env()
-        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export}[args.command](args, settings)
+        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
+         "simulate": lambda a, s: a.run(a, s), "rollback": lambda a, s: a.run(a, s)}[args.command](args, settings)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # one clear line, not a traceback wall; DADC_DEBUG=1 shows the traceback

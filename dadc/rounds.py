@@ -34,7 +34,7 @@ ROUND_NAME = re.compile(r"round-(\d{3,})")
 @dataclass
 class RoundConfig:
     """One retraining round. The defaults fit a round in about a minute on 2 CPU cores."""
-    mnist_n: int = 4000         # MNIST training examples drawn afresh each round (plus every human one)
+    mnist_n: int = 8000         # MNIST training examples drawn afresh each round (plus every human one)
     epochs: float = 1.0
     steps: int = 7              # PGD steps during training (eps 0.3, step 2.5 * eps / steps)
     eps: float = 0.3
@@ -429,3 +429,11 @@ class RetrainJob:
         self.registry.record(entry)
         self.status = {"state": "idle", "stage": ("promoted " + entry["round"]) if passed
                        else "rejected: " + "; ".join(reasons), "done": 0, "total": 0}
+
+
+def main_rollback(args, settings):
+    """The CLI: python -m dadc rollback round-NNN. A running app keeps its model until it restarts
+    (roll back from its dashboard to switch at once)."""
+    registry = Registry(settings.home)
+    registry.rollback(args.round, why="python -m dadc rollback")
+    print(f"{registry.root / 'CURRENT'} now names {args.round}: the app serves it from its next start")

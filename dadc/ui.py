@@ -378,7 +378,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
                 history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
                                        label="Every round attempt, and why it passed or failed", wrap=True)
                 with gr.Row():
-                    rounds = gr.Dropdown(label="Serve an earlier round", choices=[])
+                    rounds = gr.Dropdown(label="Serve an earlier round", choices=[], allow_custom_value=True)
                     rollback_btn = gr.Button("Roll back")
                     retrain_btn = gr.Button("Retrain now")
                 refresh = gr.Button("Refresh")
@@ -461,10 +461,12 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
 
         timer.tick(tick, None, [status, timer], api_visibility="private", show_progress="hidden")
 
-        def rollback_api(round_name: str):
+        def rollback_api(round_name: str) -> dict:
+            """Serve an earlier round (e.g. "round-000") from now on."""
             return studio.rollback(round_name)
 
-        rollback_btn.click(rollback_api, rounds, None, api_name="rollback").success(
+        gr.api(rollback_api, api_name="rollback")
+        rollback_btn.click(rollback_api, rounds, None, api_visibility="private").success(
             show_dashboard, None, dash_outputs, api_visibility="private")
 
         def retrain_now():

@@ -41,9 +41,9 @@ class App:
                 (dest / f.name).write_bytes(f.read_bytes())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full = dict(os.environ, DADC_HOME=str(self.home), GRADIO_SERVER_NAME="127.0.0.1",
-                    GRADIO_SERVER_PORT=str(self.port), PYTHONPATH=str(ROOT), DADC_THRESHOLD="3",
-                    **{f"DADC_ROUND_{k.upper()}": str(v) for k, v in TINY.items()}, **env)
+        full = {**os.environ, "DADC_HOME": str(self.home), "GRADIO_SERVER_NAME": "127.0.0.1",
+                "GRADIO_SERVER_PORT": str(self.port), "PYTHONPATH": str(ROOT), "DADC_THRESHOLD": "3",
+                **{f"DADC_ROUND_{k.upper()}": str(v) for k, v in TINY.items()}, **env}
         full.pop("GRADIO_TEMP_DIR", None)
         self.log = open(self.home / "app.log", "w")
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full, stdout=self.log,
@@ -196,3 +196,86 @@ def test_verify_shows_others_examples_never_your_own(app, mnist, tmp_path):
     votes = [json.loads(line) for f in (app.home / "flags" / "data").glob("*/votes.jsonl")
              for line in f.read_text().splitlines()]
     assert any(v["id"] == r["id"] and v["agree"] for v in votes)
+
+
+def history(home):
+    path = Path(home) / "rounds" / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_attempts(app, n=1, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = [h for h in history(app.home) if h.get("event") == "attempt"]
+        if len(done) >= n:
+            return done
+        assert app.proc.poll() is None, (app.home / "app.log").read_text()
+        time.sleep(0.5)
+    raise AssertionError(f"no round attempt after {timeout} s: " + (app.home / "app.log").read_text()[-2000:])
+
+
+def flag_n(client, mnist, tmp_path, n, start=0):
+    out = []
+    for i in range(start, start + n):
+        value = canvas_file(tmp_path / f"r{i}.png", mnist["test_x"][i], rng=np.random.default_rng(i))
+        out.append(client.predict(value, int((mnist["test_y"][i] + 1) % 10), api_name="/flag"))  # a wrong label
+    return out
+
+
+def test_threshold_promotes_a_round_then_rollback_serves_the_old_one(tmp_path, round0, mnist):
+    a = App(tmp_path / "home", round0, DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
+    try:
+        c = a.client()
+        receipts = flag_n(c, mnist, tmp_path, 3)  # DADC_THRESHOLD=3
+        assert "more until the next round" in receipts[0]["message"]
+        [attempt] = wait_for_attempts(a)
+        assert attempt["passed"] and attempt["round"] == "round-001" and attempt["claimed"] == 3
+        assert (a.home / "rounds" / "round-001" / "model.safetensors").exists()
+        assert flag_n(c, mnist, tmp_path, 1, start=3)[0]["round"] == "round-001"  # hot-swapped, no restart
+        assert c.predict("round-000", api_name="/rollback") == {"serving": "round-000"}
+        assert flag_n(c, mnist, tmp_path, 1, start=4)[0]["round"] == "round-000"
+        assert history(a.home)[-1]["event"] in ("rollback", "attempt")
+        assert any(h["event"] == "rollback" and h["to"] == "round-000" for h in history(a.home))
+        with pytest.raises(AppError, match="no round named"):
+            c.predict("round-042", api_name="/rollback")
+    finally:
+        a.stop()
+
+
+def test_gate_rejection_keeps_the_round_and_says_why(tmp_path, round0, mnist):
+    a = App(tmp_path / "home", round0, DADC_ROUND_CLEAN_DROP="-1")  # no candidate can pass
+    try:
+        c = a.client()
+        flag_n(c, mnist, tmp_path, 3)
+        [attempt] = wait_for_attempts(a)
+        assert not attempt["passed"] and "clean accuracy" in attempt["reasons"][0]
+        assert not (a.home / "rounds" / "round-001").exists()
+        assert flag_n(c, mnist, tmp_path, 1, start=3)[0]["round"] == "round-000"
+    finally:
+        a.stop()
+
+
+def test_many_clients_flagging_at_once(tmp_path, round0, mnist):
+    """16 clients x 3 flags at the same moment: every flag stored exactly once, and one round per
+    threshold crossing (20 and 40 of 48: exactly two rounds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = App(tmp_path / "home", round0, DADC_THRESHOLD="20", DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
+    try:
+        value = canvas_file(tmp_path / "c.png", mnist["test_x"][5])
+
+        def one_client(k):
+            c = a.client()
+            return [c.predict(value, (k + j) % 10, api_name="/flag")["id"] for j in range(3)]
+        with ThreadPoolExecutor(16) as pool:
+            ids = [i for got in pool.map(one_client, range(16)) for i in got]
+        rows = stored(a.home)
+        assert len(ids) == len(set(ids)) == 48 and sorted(r["id"] for r in rows) == sorted(ids)
+        attempts = wait_for_attempts(a, 2)
+        # the second starts at the crossing (40), or, if the first is still training then, right
+        # after it with everything that came in meanwhile: never lost, never twice
+        assert attempts[0]["claimed"] == 20 and 40 <= attempts[1]["claimed"] <= 48
+        time.sleep(1)
+        assert len([h for h in history(a.home) if h.get("event") == "attempt"]) == 2
+    finally:
+        a.stop()

@@ -29,9 +29,15 @@ def mnist_into(home):
     return home
 
 
+_TRAINED = []  # one round 0 per test session, shared by this file and test_app.py
+
+
 def train_round0(out):
     """A small but real round 0: the fast net, 1 epoch of normal training on 6000 MNIST digits."""
     from dadc import data
+
+    if _TRAINED:
+        return _TRAINED[0]
     from dadc.training import TrainConfig, train
 
     arrays = data.fetch(mnist_into(out.parent / "mnist-home"), log=lambda m: None)
@@ -40,6 +46,7 @@ def train_round0(out):
     model = nets.build("fast")
     train(model, x[:6000], y[:6000], TrainConfig(epochs=1, attack="none", lr=5e-3), progress=False)
     checkpoint.save(model, out, {"net": "fast"}, {"note": "tiny test round 0"})
+    _TRAINED.append(out)
     return out
 
 
@@ -188,3 +195,52 @@ def test_verified_only_uses_examples_only_once_verified(loop):
     store.validate(ids[1], "b", False)
     assert [r["id"] for r in eligible(store.examples(), cfg)] == [ids[0]]
     assert {r["id"] for r in eligible(store.examples(), RoundConfig())} == {ids[0], ids[2]}  # disputed one out
+
+
+def cli(*args, home, **env):
+    import os
+    import subprocess
+    import sys
+
+    full = {**os.environ, "DADC_HOME": str(home), "PYTHONPATH": str(ROOT),
+            **{f"DADC_ROUND_{k.upper()}": str(v) for k, v in TINY.items()}, **env}
+    full.pop("DADC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "dadc", *map(str, args)], capture_output=True, text=True,
+                          env=full, cwd=ROOT, timeout=300)
+
+
+def test_simulate_runs_headless_rounds_on_a_folder_of_drawings(tmp_path, round0):
+    import csv
+    import json
+
+    home = mnist_into(tmp_path / "home")
+    drawings = tmp_path / "drawings"
+    r = cli("simulate", "--drawings", drawings, "--make-drawings", 24, home=home)
+    assert r.returncode == 0, r.stderr
+    assert len(list(drawings.glob("*.png"))) == 24
+    # every label off by one: whatever round 0 says, the simulated people flag it
+    rows = list(csv.DictReader(open(drawings / "labels.csv")))
+    with open(drawings / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label"])
+        w.writerows([[row["file"], (int(row["label"]) + 1) % 10] for row in rows])
+    r = cli("simulate", "--drawings", drawings, "--rounds", 2, "--threshold", 3, "--seed-round", round0,
+            home=home, DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["rounds"]
+    assert [row["round"] for row in out] == [0, 1, 2] and [row["flagged"] for row in out] == [0, 3, 6]
+    assert out[0]["serving"] == "round-000" and out[2]["serving"] == "round-002" and out[2]["passed"]
+    for row in out:
+        assert 0 <= row["unseen_error"] <= 1 and 0 <= row["mnist_test_acc"] <= 1
+    assert out[0]["unseen_error"] > 0.8  # the labels are all off by one
+
+
+def test_simulate_and_rollback_bad_input_one_line_errors(tmp_path, round0):
+    home = mnist_into(tmp_path / "home")
+    r = cli("simulate", "--drawings", tmp_path / "nothing", "--rounds", 1, "--seed-round", round0, home=home)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "labels.csv" in r.stderr
+    Registry(home, round0)
+    r = cli("rollback", "round-007", home=home)
+    assert r.returncode == 1 and "no round named 'round-007'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("rollback", "round-000", home=home)
+    assert r.returncode == 0 and (home / "rounds" / "CURRENT").read_text().strip() == "round-000"
