@@ -8,9 +8,10 @@ whole canvas to 28x28 loses most small or off-centre digits (DESIGN.md), so we r
   ink map (from alpha, or dark-on-light colour distance)  ->  ink bounding box
   -> crop, resize to fit 20x20 keeping aspect  ->  paste so the centre of mass lands at (14, 14)
 
-Most of the work is done by PIL on 8-bit images (C loops, no float copies of the canvas), so a
-800x800 canvas takes about a millisecond and memory stays bounded on huge canvases: those are
+Most of the work is done by PIL on 8-bit images (C loops, no float copies of the canvas), so the
+app's 448x448 canvas takes about a millisecond, and memory stays bounded on huge canvases: those are
 box-reduced to at most MAX_SIDE pixels first (a reduction keeps ink as grey, it never drops a stroke).
+Strokes far thicker or thinner than MNIST's are evened out at 4x resolution before the last shrink.
 """
 import math
 
@@ -21,10 +22,7 @@ MAX_SIDE = 1024              # canvases larger than this are box-reduced first (
 MAX_PIXELS = 25_000_000      # larger images are refused before decoding (a 20000x20000 PNG is 400 Mpx)
 INK = 40                     # 0-255: ink weaker than this is noise (anti-aliasing, JPEG, paper)
 MOSTLY_INK = 0.85            # more ink than this fraction of the canvas is not a digit
-COARSE = 192                 # the coarse pass (where is the ink?) looks at a copy this size
 HI = 80                      # the digit is fitted at 4x MNIST's 20 px, its stroke evened out, then shrunk
-_MASK = [0] * INK + [255] * (256 - INK)       # lookup tables: ink map -> binary mask
-_FAINT = [0] * (INK // 4) + [255] * (256 - INK // 4)   # in the coarse copy a thin stroke is faint
 
 BLANK = "draw a digit"
 ALL_INK = "the canvas is covered in ink: clear it and draw one digit"
@@ -66,10 +64,8 @@ def pick(value):
 
 
 def _ink(img, how):
-    """8-bit 'L' ink image (255 = full ink) of an image in mode L/LA/RGB/RGBA, read as `how` says."""
+    """8-bit 'L' ink image (255 = full ink) of an image in mode L/LA/RGB/RGBA: "dark" or "light" ink."""
     bands = img.split()
-    if how == "alpha":
-        return bands[-1]
     color = bands[:1] if img.mode in ("L", "LA") else bands[:3]
     if how == "dark":  # dark on light: distance from white = 255 - min channel (red ink counts)
         low = color[0]
@@ -82,24 +78,34 @@ def _ink(img, how):
     return high
 
 
-def _how(img):
-    """How to read ink from this image: "alpha" where it has transparency (strokes are what is
-    opaque), else "dark" (dark on light), or "light" when the border is dark (light on dark)."""
-    if img.mode in ("LA", "RGBA") and img.getchannel("A").getextrema()[0] < 255:
-        return "alpha"
-    dark = np.asarray(_ink(img, "dark"))
-    border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
-    return "light" if np.median(border) > 127 else "dark"
+def _read_ink(img):
+    """(ink, how): ink from alpha where the image has transparency (the strokes are what is opaque),
+    else dark on light, or light on dark when the border is dark (MNIST itself)."""
+    if img.mode in ("LA", "RGBA"):
+        alpha = img.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha, "alpha"
+    dark = _ink(img, "dark")
+    arr = np.asarray(dark)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    return (_ink(img, "light"), "light") if np.median(border) > 127 else (dark, "dark")
+
+
+def _bbox(arr):
+    """(left, top, right, bottom) of the pixels >= INK in a uint8 array, or None."""
+    rows, cols = np.flatnonzero((arr >= INK).any(1)), np.flatnonzero((arr >= INK).any(0))
+    if len(rows) == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _fit(ink, box):
     """Crop to the ink and resize to fit a box x box square, keeping the aspect ratio."""
-    left, top, right, bottom = ink.point(_MASK).getbbox()
-    digit = ink.crop((left, top, right, bottom))
+    digit = ink.crop(_bbox(np.asarray(ink)))
     w, h = digit.size
     scale = box / max(w, h)
     # LANCZOS anti-aliases when shrinking (as MNIST was made) and stays smooth when enlarging
-    return digit.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    return digit.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS, reducing_gap=3.0)
 
 
 def stroke_width(img):
@@ -125,7 +131,7 @@ def _normalise_stroke(hi):
     pad.paste(hi, (steps + 1, steps + 1))
     for _ in range(steps):
         thinner = pad.filter(filt)
-        if thinner.point(_MASK).getbbox() is None:  # never erode a digit away
+        if _bbox(np.asarray(thinner)) is None:  # never erode a digit away
             break
         pad = thinner
     return _fit(pad, HI)
@@ -142,26 +148,16 @@ def to_mnist(value):
         img = img.reduce(math.ceil(max(img.size) / MAX_SIDE))
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         img = img.convert("RGBA")
-    # coarse pass on a small copy: how to read the ink, roughly where it is, whether it is all ink
-    f = max(1, max(img.size) // COARSE)
-    coarse = img.reduce(f) if f > 1 else img
-    how = _how(coarse)
-    ink = _ink(coarse, how)
-    if ink.point(_MASK).histogram()[255] > MOSTLY_INK * ink.size[0] * ink.size[1]:
-        raise CanvasError(ALL_INK)
-    box = ink.point(_FAINT).getbbox()
+    ink, how = _read_ink(img)
+    arr = np.asarray(ink)
+    box = _bbox(arr)
     if box is None:
         # an opaque canvas that is dark all over reads as light on dark with no ink: say what it is
         raise CanvasError(ALL_INK if how == "light" else BLANK)
-    # fine pass on the full-resolution crop around it
-    left, top, right, bottom = box
-    crop = img.crop((max(0, (left - 1) * f), max(0, (top - 1) * f),
-                     min(img.size[0], (right + 1) * f), min(img.size[1], (bottom + 1) * f)))
-    ink = _ink(crop, how)
-    if ink.point(_MASK).getbbox() is None:
-        raise CanvasError(BLANK)
-    hi = _fit(ink, HI)
-    hi = hi.point(_stretch(hi.getextrema()[1]))  # full-strength ink, whatever the pen or its colour
+    if np.count_nonzero(arr >= INK) > MOSTLY_INK * arr.size:
+        raise CanvasError(ALL_INK)
+    hi = _fit(ink.crop(box), HI)
+    hi = hi.point(_STRETCH[hi.getextrema()[1]])  # full-strength ink, whatever the pen or its colour
     hi = _normalise_stroke(hi)
     small = hi.resize((max(1, round(hi.size[0] * 20 / HI)), max(1, round(hi.size[1] * 20 / HI))), Image.BOX)
     small = np.asarray(small, dtype=np.float32)
@@ -178,8 +174,8 @@ def to_mnist(value):
     return out
 
 
-def _stretch(peak):
-    return [min(255, round(v * 255 / max(peak, 1))) for v in range(256)]
+# lookup tables that scale a peak of p up to 255: _STRETCH[p] (built once, PIL's point() takes them)
+_STRETCH = [[min(255, round(v * 255 / max(p, 1))) for v in range(256)] for p in range(256)]
 
 
 def to_image(x28):

@@ -63,7 +63,9 @@ def random_canvas(digit28, rng, fmt=None):
     """One canvas with a random format, size, digit height, position, stroke and ink colour."""
     fmt = fmt or ["RGBA", "layer", "RGB", "L"][int(rng.integers(4))]
     size = (int(rng.integers(200, 1200)), int(rng.integers(200, 1200)))
-    height = int(rng.integers(28, int(0.9 * size[1]) + 1))
+    ys, xs = np.nonzero(np.asarray(digit28) > 40)
+    aspect = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+    height = int(rng.integers(28, int(0.9 * min(size[1], size[0] / aspect)) + 1))  # the whole digit fits
     thicken = int(height * rng.uniform(0, 0.08))
     color = (0, 0, 0) if fmt in ("RGBA", "L") else tuple(int(v) for v in rng.integers(0, 160, 3))
     return draw(digit28, size, height, thicken, fmt, color=color, rng=rng)
