@@ -279,3 +279,38 @@ def test_many_clients_flagging_at_once(tmp_path, round0, mnist):
         assert len([h for h in history(a.home) if h.get("event") == "attempt"]) == 2
     finally:
         a.stop()
+
+
+def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monkeypatch):
+    """The dashboard's numbers, in-process (the same Studio the page's events call)."""
+    from dadc import config, ui
+    from dadc.rounds import RoundConfig
+
+    home = mnist_into(tmp_path / "home")
+    monkeypatch.setenv("DADC_HOME", str(home))
+    monkeypatch.setenv("DADC_THRESHOLD", "3")
+    studio = ui.Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
+    canvases = [draw(mnist["test_x"][i], rng=np.random.default_rng(i)) for i in range(4)]
+    for i, c in enumerate(canvases):  # four drawings: four attempts, three flagged as fooling it
+        studio.predict(c, f"s{i}")
+        studio.predict(c, f"s{i}")  # live prediction while drawing: still one attempt
+    receipts = [studio.flag(c, int((mnist["test_y"][i] + 1) % 10), f"s{i}") for i, c in enumerate(canvases[:3])]
+    assert all(r["fooled"] or r["prediction"] == r["label"] for r in receipts)
+    assert studio.job.wait(120)
+    studio.verify(receipts[0]["id"], True, "someone")
+    studio.verify(receipts[0]["id"], True, "someone-else")  # votes=2: verified
+    d = studio.dashboard()
+    counts = {(row["digit"], row["kind"]): row["examples"] for row in d["digits"]}
+    assert sum(v for (_, k), v in counts.items() if k == "collected") == 3
+    assert sum(v for (_, k), v in counts.items() if k == "verified") == 1
+    fooled = sum(r["fooled"] for r in receipts)
+    mer = {row["kind"]: row["rate"] for row in d["mer"] if row["round"] == 0}
+    assert mer["MER (fooled / attempts)"] == pytest.approx(fooled / 4)
+    assert {row["round"] for row in d["accuracy"]} == {1}  # round 1's gate metrics (round 0's tiny one has none)
+    assert d["serving"] == "round-001" and d["rounds"] == ["round-000", "round-001"]
+    assert "promoted round-001" in d["history"][0][2] and "Serving round-001" in d["status"]
+    assert len(d["gallery"]) == fooled and all(Path(p).exists() for p, _ in d["gallery"])
+    demo = ui.build(None, studio=studio)  # the page's own dashboard event turns it into Gradio values
+    fn = next(f.fn for f in demo.fns.values() if f.name == "show_dashboard")
+    status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer = fn()
+    assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
