@@ -337,7 +337,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
                 with gr.Row():
                     with gr.Column(scale=3):
                         canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
-                                        brush=gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed"),
+                                        brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"),
                                         layers=False, transforms=(), elem_id="canvas", height=520)
                         with gr.Row():
                             submit = gr.Button("Submit", variant="primary")
@@ -371,9 +371,11 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
                 with gr.Row():
                     per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit",
                                            sort="x")
-                    mer = gr.LinePlot(x="round", y="rate", color="kind", title="Model error rate per round")
+                    mer = gr.ScatterPlot(x="round", y="rate", color="kind", title="Model error rate per round",
+                                         x_axis_format="d", y_lim=[0, 1])
                 with gr.Row():
-                    acc = gr.LinePlot(x="round", y="accuracy", color="metric", title="Accuracy per round (gate sets)")
+                    acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", x_axis_format="d",
+                                         title="Clean and PGD accuracy per round")
                     gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260)
                 history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
                                        label="Every round attempt, and why it passed or failed", wrap=True)
@@ -406,11 +408,14 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
             return studio.flag(canvas_value, true_digit, session_of(request, profile))
 
         def after_flag(r):
-            # the canvas is cleared only now, once the flag is stored (this runs only on success)
-            return None, r["message"], None, None, None
+            return r["message"], None, None, None
 
-        flag_btn.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None).success(
-            after_flag, receipt, [canvas, feedback, digit, label, seen], api_visibility="private")
+        flagged = flag_btn.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
+        # only once the flag is stored (success) is the canvas cleared, and in the browser (pure JS,
+        # as gr.ClearButton does): a Python event that writes None to the Sketchpad can leave it
+        # stuck "processing"
+        flagged.success(None, None, canvas, js="() => [null]", api_visibility="private")
+        flagged.success(after_flag, receipt, [feedback, digit, label, seen], api_visibility="private")
 
         # --- events: Verify ---
 
