@@ -41,8 +41,8 @@ class RoundConfig:
     lr: float = 1e-3            # peak of the one-cycle schedule: fine-tuning, not training from scratch
     human_repeat: int = 10      # each human example is seen this many times per round
     human_weight: float = 1.0
-    eval_n: int = 2000          # gate: clean accuracy on this many MNIST test examples
-    robust_n: int = 300         # gate: PGD accuracy on this many of them
+    eval_n: int = 10000         # gate: clean accuracy on this many MNIST test examples (all of them)
+    robust_n: int = 1000        # gate: PGD accuracy on the first this many
     robust_steps: int = 10
     clean_drop: float = 0.003   # gate: clean accuracy may fall at most 0.3 pt below the serving round
     robust_drop: float = 0.01   # gate: PGD accuracy at most 1 pt
@@ -240,6 +240,7 @@ def measure(model, sets, cfg):
     from .evaluate import accuracy, robust_accuracy
 
     (xt, yt), (hx, hy) = sets["test"], sets["holdout"]
+    torch.manual_seed(cfg.seed)  # the same PGD random starts for both models: a fair comparison
     out = {"clean_acc": accuracy(model, xt, yt),
            "robust_acc": robust_accuracy(model, xt[:cfg.robust_n], yt[:cfg.robust_n], cfg.eps, cfg.robust_steps),
            "human_acc": accuracy(model, hx, hy) if len(hx) else None}
@@ -398,8 +399,10 @@ class RetrainJob:
                      "eps": cfg.eps, "steps": cfg.steps, "human_repeat": cfg.human_repeat,
                      "human_weight": cfg.human_weight, "seed": cfg.seed + attempt}
         self._stage("training")
-        state = _fine_tune(model.state_dict(), config["net"], x[idx], y[idx], hx, hy, train_cfg,
-                           callback=lambda done, total, m: self._stage("training", done, total))
+        # on ZeroGPU the call runs in another process: no progress callback (a closure does not travel)
+        zero_gpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+        progress = None if zero_gpu else (lambda done, total, m: self._stage("training", done, total))
+        state = _fine_tune(model.state_dict(), config["net"], x[idx], y[idx], hx, hy, train_cfg, callback=progress)
         candidate, _, _ = self.registry.load(base)
         candidate.load_state_dict(state)
         candidate.eval()

@@ -314,3 +314,33 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     fn = next(f.fn for f in demo.fns.values() if f.name == "show_dashboard")
     status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer = fn()
     assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
+
+
+def test_hub_sync_pushes_flags_and_rounds_and_never_shows_the_token(tmp_path, round0, mnist, fake_hub):
+    """With HF_TOKEN and the repos set, the app pushes flags (and the promoted round) to the Hub
+    (the local fake from conftest, through the real huggingface_hub client); the dashboard says so."""
+    token = "hf_fake_write_token"
+    a = App(tmp_path / "home", round0, HF_TOKEN=token, HF_HUB_OFFLINE="0", DADC_DATASET_REPO="tester/flags",
+            DADC_MODEL_REPO="tester/rounds", DADC_PUSH_EVERY="0.02", DADC_ROUND_CLEAN_DROP="1",
+            DADC_ROUND_ROBUST_DROP="1")
+    try:
+        c = a.client()
+        receipts = flag_n(c, mnist, tmp_path, 3)
+        assert all(token not in json.dumps(r) for r in receipts)
+        [attempt] = wait_for_attempts(a)
+        assert attempt["passed"]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            files = fake_hub.files("tester/flags") if ("dataset", "tester/flags") in fake_hub.repos else {}
+            rows = [json.loads(line) for p, d in files.items() if p.endswith("metadata.jsonl")
+                    for line in d.decode().splitlines()]
+            pushed_round = ("model", "tester/rounds") in fake_hub.repos and \
+                "rounds/round-001/model.safetensors" in fake_hub.files("tester/rounds", "model")
+            if len(rows) == 3 and pushed_round:
+                break
+            time.sleep(0.5)
+        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in receipts)
+        assert pushed_round
+        assert token not in (a.home / "app.log").read_text()
+    finally:
+        a.stop()
