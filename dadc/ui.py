@@ -5,6 +5,7 @@ people's flags, and watch the rounds on the dashboard. The top half is the app's
 API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketchpad value, digit ->
 {"id", "saved", ...}), /verify_next and /verify (Dynabench-style validation), /rollback.
 """
+import atexit
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ class Studio:
         if sync is not None:
             sync.restore()  # a Space restarts with an empty disk: flags and rounds come back first
             sync.start()
+            atexit.register(sync.stop)  # one last push when the app stops
         self.registry = Registry(settings.home, seed)
         self.predictor = Predictor(self.registry)
         self.cfg = round_cfg or RoundConfig.from_env()
