@@ -366,6 +366,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
                             v_yes = gr.Button("Yes, that label is right", variant="primary")
                             v_no = gr.Button("No, it is wrong")
                         v_next = gr.Button("Next")
+                        v_thanks = gr.Markdown()
                         v_result = gr.JSON(visible=False)
 
             with gr.Tab("Dashboard") as dash_tab:
@@ -432,7 +433,9 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
             def fn(id_, request: gr.Request, profile: gr.OAuthProfile | None = None):
                 if not id_:
                     raise gr.Error("Press Next first.")
-                return studio.verify(id_, agree, session_of(request, profile))
+                r = studio.verify(id_, agree, session_of(request, profile))
+                done = " It is now verified." if r["verified"] else ""
+                return r, f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"
             return fn
 
         def verify_api(id_: str, agree: bool, request: gr.Request,
@@ -442,7 +445,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
         next_outputs = [v_canvas, v_question, v_id, v_label, v_result]
         v_next.click(next_example, None, next_outputs, api_name="verify_next", concurrency_limit=None)
         for btn, agree in ((v_yes, True), (v_no, False)):
-            btn.click(vote(agree), v_id, v_result, api_visibility="private").success(
+            btn.click(vote(agree), v_id, [v_result, v_thanks], api_visibility="private").success(
                 next_example, None, next_outputs, api_visibility="private")
         gr.api(verify_api, api_name="verify", concurrency_limit=None)
 
