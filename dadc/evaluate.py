@@ -35,11 +35,19 @@ def robust_accuracy(model, x, y, eps, steps, alpha=None, restarts=1, norm="linf"
 
 
 def autoattack_accuracy(model, x, y, eps, norm="Linf", version="standard", batch_size=500) -> float:
-    """Robust accuracy under AutoAttack (Croce & Hein 2020), from the independent pyautoattack package."""
+    """Robust accuracy under AutoAttack (Croce & Hein 2020), from the independent pyautoattack package.
+    Its per-attack robust accuracy (and its warnings, e.g. of gradient masking) go to stderr."""
+    import logging
+    import sys
+
     try:
         from pyautoattack import AutoAttack
     except ImportError:
         raise RuntimeError("AutoAttack needs `pip install pyautoattack`") from None
+    logger = logging.getLogger("auto-attack")
+    logger.setLevel(logging.DEBUG)
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stderr))
     adversary = AutoAttack(model.eval(), norm=norm, eps=eps, version=version, device=x.device, seed=0)
-    x_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return accuracy(model, x_adv, y)

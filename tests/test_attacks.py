@@ -90,3 +90,14 @@ def test_attack_rejects_bad_settings(trained):
         pgd(model, x, y, eps=-0.1, alpha=0.01, steps=5)
     with pytest.raises(ValueError, match="norm"):
         pgd(model, x, y, eps=0.1, alpha=0.01, steps=5, norm="l7")
+
+
+def test_autoattack_is_at_least_as_strong_as_pgd(trained):
+    pytest.importorskip("pyautoattack")
+    from dadc.evaluate import autoattack_accuracy
+
+    model, x, y = trained
+    x, y = x[:40], y[:40]
+    ours = robust_accuracy(model, x, y, eps=0.1, steps=20)
+    aa = autoattack_accuracy(model, x, y, eps=0.1)
+    assert 0 <= aa <= ours + 0.05, (aa, ours)
