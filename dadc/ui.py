@@ -343,7 +343,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
                                         layers=False, transforms=(), elem_id="canvas", height=520)
                         with gr.Row():
                             submit = gr.Button("Submit", variant="primary")
-                            clear = gr.ClearButton(canvas, value="Clear")
+                            gr.ClearButton(canvas, value="Clear")
                     with gr.Column(scale=2):
                         label = gr.Label(num_top_classes=3, label="The model says")
                         seen = gr.Image(label="What the model sees (28x28)", image_mode="L", height=140,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc.store import FlagStore, StoreError, export_dataset, human_tensors
+from dadc.store import FlagStore, export_dataset, human_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 
