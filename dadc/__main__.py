@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval} ... (see README)."""
+"""Command line: python -m dadc {data, train, eval, export, simulate, rollback} ... (see README)."""
 import argparse
 import json
 import sys
