@@ -8,6 +8,7 @@ import os
 from dadc import config
 
 settings = config.from_env()
+config.keep_state_in_home(settings)  # before gradio / huggingface_hub load
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy first: no usage reports unless asked
 os.environ.setdefault("GRADIO_TEMP_DIR", str((settings.home / "gradio-tmp").resolve()))  # before gradio loads
 

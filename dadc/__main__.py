@@ -156,6 +156,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         settings = config.from_env()
+        config.keep_state_in_home(settings)
         {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
          "simulate": lambda a, s: a.run(a, s), "rollback": lambda a, s: a.run(a, s)}[args.command](args, settings)
     except KeyboardInterrupt:

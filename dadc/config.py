@@ -31,6 +31,13 @@ def _number(name, default, kind):
     return value
 
 
+def keep_state_in_home(settings: Settings) -> None:
+    """Point the Hugging Face caches (datasets downloads, huggingface_hub's own files) into DADC_HOME,
+    unless HF_HOME is set, so that nothing is written outside it. Call before huggingface_hub or
+    datasets is imported: they read HF_HOME once, at import."""
+    os.environ.setdefault("HF_HOME", str((settings.home / "hf").resolve()))
+
+
 def from_env() -> Settings:
     return Settings(
         home=Path(os.environ.get("DADC_HOME") or ".dadc").expanduser(),
