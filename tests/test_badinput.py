@@ -187,13 +187,22 @@ def test_canvas_of_the_wrong_type(app, client, value):
     check_unchanged(app, before)
 
 
-def test_server_path_is_not_read(app, client):
-    """A canvas that names a file on the server (not an upload) is refused, never read."""
+def test_a_path_on_the_server_is_never_read(app, tmp_path, mnist):  # noqa: F811
+    """Raw HTTP (gradio_client would upload a local path itself): a canvas naming a real image on
+    the server's disk, outside Gradio's upload cache, is refused and nothing is stored."""
+    import json
+    import urllib.request
+
+    secret = img_file(tmp_path, "on-the-server.png", digit_image(mnist, "RGB"))
     before = len(stored(app.home))
-    value = {"background": {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}},
-             "layers": [], "composite": None}
-    with pytest.raises(Exception):
-        client.predict(value, 3, api_name="/flag")
+    for api, data in (("flag", [3]), ("predict", [])):
+        value = {"background": {"path": str(secret), "meta": {"_type": "gradio.FileData"}},
+                 "layers": [], "composite": None}
+        req = urllib.request.Request(f"{app.url}/gradio_api/call/{api}", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"data": [value, *data]}).encode())
+        event = json.loads(urllib.request.urlopen(req, timeout=60).read())["event_id"]
+        out = urllib.request.urlopen(f"{app.url}/gradio_api/call/{api}/{event}", timeout=60).read().decode()
+        assert out.startswith("event: error"), out[:300]
     check_unchanged(app, before)
 
 
