@@ -136,8 +136,9 @@ class Registry:
         return name
 
     def rollback(self, name, why="rollback"):
-        """Serve an earlier (or any existing) round again. The rounds after it stay on record."""
-        self.path(name)  # exists?
+        """Serve an earlier (or any existing) round again. The rounds after it stay on record.
+        The round must load: CURRENT never names a round the next start could not serve."""
+        self.load(name)  # raises ValueError (no such round) or CheckpointError (unreadable)
         with self._lock:
             before = self.current()
             _write_atomic(self.root / "CURRENT", name)
@@ -179,7 +180,24 @@ class Predictor:
     def __init__(self, registry):
         self.registry = registry
         self._local = threading.local()
-        self.swap(registry.current())
+        self.swap(self._last_good(registry))
+
+    @staticmethod
+    def _last_good(registry):
+        """CURRENT if it loads; else the newest earlier round that does (made current, and recorded
+        why), so that one corrupt round on disk never keeps the app from starting."""
+        current = registry.current()
+        candidates = [current] + [n for n in reversed(registry.names()) if n < current]
+        for name in candidates:
+            try:
+                registry.load(name)
+            except checkpoint.CheckpointError as e:
+                registry.record({"event": "unreadable", "round": name, "why": str(e)})
+                continue
+            if name != current:
+                registry.rollback(name, why=f"{current} is unreadable")
+            return name
+        raise checkpoint.CheckpointError(f"no round under {registry.root} can be loaded")
 
     def swap(self, name):
         model, _, _ = self.registry.load(name)

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import preprocess
 from .rounds import ROUND0, Predictor, Registry, RetrainJob, RoundConfig, eligible, is_verified, round_number
+from .checkpoint import CheckpointError
 from .store import FlagStore, StoreError
 
 CANVAS = 448          # canvas pixels: big enough for a finger, small enough to send and read fast
@@ -134,10 +135,10 @@ class Studio:
         if self.job.running:
             raise gr.Error("A round is training: roll back when it has finished.")
         try:
-            self.registry.rollback(name, why="asked on the dashboard or API")
-        except ValueError as e:
+            self.registry.rollback(name, why="asked on the dashboard or API")  # checks that it loads
+            self.predictor.swap(name)
+        except (ValueError, CheckpointError) as e:
             raise gr.Error(str(e)) from None
-        self.predictor.swap(name)
         return {"serving": name}
 
     # --- dashboard ---

@@ -102,6 +102,20 @@ def test_registry_seeds_round0_and_keeps_current(tmp_path, round0):
         Registry(tmp_path / "other", tmp_path / "missing")
 
 
+def test_a_corrupt_round_is_never_made_current_and_is_skipped_at_start(tmp_path, round0):
+    reg = Registry(tmp_path, round0)
+    model, cfg, _ = reg.load("round-000")
+    reg.promote(model, cfg, {})
+    weights = tmp_path / "rounds" / "round-001" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # e.g. a disk error after the promotion
+    assert Predictor(reg).round == "round-000"  # starts on the last good round ...
+    assert reg.current() == "round-000"           # ... makes it current ...
+    assert [h["event"] for h in reg.history()[-2:]] == ["unreadable", "rollback"]  # ... and says why
+    with pytest.raises(checkpoint.CheckpointError):
+        reg.rollback("round-001")
+    assert reg.current() == "round-000"  # a refused rollback leaves CURRENT alone
+
+
 def test_gate_rules():
     cfg = RoundConfig()
     base = {"clean_acc": 0.99, "robust_acc": 0.80, "human_acc": 0.5}
