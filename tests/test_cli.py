@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_rounds import mnist_into
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUND0 = ROOT / "models" / "round-000"
@@ -21,12 +22,7 @@ def dadc(*args, home):
 @pytest.fixture
 def mnist_home(tmp_path):
     """A DADC_HOME holding the real, verified MNIST cache made by `python -m dadc data` (README)."""
-    cache = ROOT / ".dadc" / "mnist" / "mnist.safetensors"
-    if not cache.exists():
-        pytest.skip("real MNIST not cached: run `python -m dadc data` first (the README's test command does)")
-    (tmp_path / "mnist").mkdir()
-    (tmp_path / "mnist" / "mnist.safetensors").symlink_to(cache)
-    return tmp_path
+    return mnist_into(tmp_path)
 
 
 def assert_one_line_error(result, *words):
