@@ -6,7 +6,8 @@ bounded time. Prints throughput, p50/p99 latency per endpoint, and errors.
 
 Each user draws a digit (a synthetic PNG made once), calls /predict, and every `--flag-every`-th
 request calls /flag instead (flags are stored: point it at a throwaway DADC_HOME). With --launch it
-starts `python app.py` itself on a temporary DADC_HOME (threshold high: no retraining) and stops it.
+starts `python app.py` itself on a temporary DADC_HOME (threshold high: no retraining; flag rate
+limit off) and stops it. Against an app of your own, flags past its DADC_FLAG_LIMIT count as errors.
 """
 import argparse
 import json
@@ -40,7 +41,7 @@ def launch(home):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "DADC_HOME": str(home), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "DADC_THRESHOLD": "1000000", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+           "DADC_THRESHOLD": "1000000", "DADC_FLAG_LIMIT": "1000000", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_TOKEN", None)
     log = open(Path(home) / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
-"""One settings object, read from the environment (see DESIGN.md's contract)."""
+"""Settings read from the environment (see DESIGN.md's contract): the app's (Settings) and a
+retraining round's (RoundConfig). Nothing else in dadc reads environment variables of its own."""
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -12,6 +13,7 @@ class Settings:
     model_repo: str | None = None    # DADC_MODEL_REPO: promoted rounds are pushed here
     push_every: float = 5.0          # DADC_PUSH_EVERY, minutes
     threshold: int = 10              # DADC_THRESHOLD: new examples that start a retraining round
+    flag_limit: int = 30             # DADC_FLAG_LIMIT: flags a minute from one session (a flood is refused)
 
     @property
     def hub_enabled(self) -> bool:
@@ -46,4 +48,44 @@ def from_env() -> Settings:
         model_repo=os.environ.get("DADC_MODEL_REPO") or None,
         push_every=_number("DADC_PUSH_EVERY", 5.0, float),
         threshold=_number("DADC_THRESHOLD", 10, int),
+        flag_limit=_number("DADC_FLAG_LIMIT", 30, int),
     )
+
+
+@dataclass
+class RoundConfig:
+    """One retraining round. The defaults fit a round in about a minute on 2 CPU cores."""
+    mnist_n: int = 8000         # MNIST training examples drawn afresh each round (plus every human one)
+    epochs: float = 1.0
+    steps: int = 7              # PGD steps during training (eps 0.3, step 2.5 * eps / steps)
+    eps: float = 0.3
+    lr: float = 1e-3            # peak of the one-cycle schedule: fine-tuning, not training from scratch
+    human_repeat: int = 10      # each human example is seen this many times per round
+    human_weight: float = 1.0
+    eval_n: int = 10000         # gate: clean accuracy on this many MNIST test examples (all of them)
+    robust_n: int = 1000        # gate: PGD accuracy on the first this many
+    robust_steps: int = 10
+    clean_drop: float = 0.003   # gate: clean accuracy may fall at most 0.3 pt below the serving round
+    robust_drop: float = 0.01   # gate: PGD accuracy at most 1 pt
+    verified_only: bool = False  # train only on examples others have verified
+    votes: int = 2              # agreeing validations that make an example verified
+    seed: int = 0
+
+    @classmethod
+    def from_env(cls, **overrides):
+        """Defaults, overridden by DADC_ROUND_<FIELD> variables (e.g. DADC_ROUND_MNIST_N=2000),
+        DADC_VERIFIED_ONLY=1 and DADC_VOTES=3, then by keyword arguments."""
+        values = {}
+        for f in fields(cls):
+            name = {"verified_only": "DADC_VERIFIED_ONLY", "votes": "DADC_VOTES"}.get(f.name)
+            if not (name and os.environ.get(name)):
+                name = f"DADC_ROUND_{f.name.upper()}"
+            raw = os.environ.get(name)
+            if raw not in (None, ""):
+                kind = type(f.default)
+                try:
+                    values[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+                except ValueError:
+                    raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} value") from None
+        values.update(overrides)
+        return cls(**values)

@@ -7,7 +7,8 @@ Local disk is the source of truth (store.py); the Hub is a backup and a way to s
 - each DADC_HOME pushes only its own folder data/<replica>/ (plus the dataset card), so replicas
   never overwrite each other;
 - on a fresh DADC_HOME (a Space restarts with an empty disk) restore() brings back the flags from
-  the dataset repo and the rounds from the model repo;
+  the dataset repo (every replica folder this home lacks) and the rounds from the model repo; a Hub
+  that is down at start is retried in the background until the restore has worked;
 - the token is never logged, returned or shown: every error text is scrubbed before it leaves.
 """
 import json
@@ -78,6 +79,7 @@ class HubSync:
         self._pushed_lines = {}  # jsonl file -> lines included in the last successful push
         self._rounds = []  # round dirs waiting to be pushed (retried on every tick until done)
         self._model_repo_ready = False
+        self._restored = False  # restore() has worked once (else _connect retries it)
         self.last_push = None  # time of the last successful push (flags or rounds)
         self.last_error = None  # text of the last failure, cleared by a success; never has the token
         self.rounds_pushed = []
@@ -152,19 +154,22 @@ class HubSync:
     # --- restore -------------------------------------------------------------------------------
 
     def restore(self):
-        """Bring back the flags (only into an empty store) and the missing rounds from the Hub.
-        Hub failures are recorded in status() and do not raise: the app goes on locally.
-        Returns {"examples": n, "rounds": [names]}."""
-        out = {"examples": 0, "rounds": []}
+        """Bring back the flags of every replica folder this store lacks, and the missing rounds,
+        from the Hub. Hub failures are recorded in status() and do not raise: the app goes on
+        locally, and start() retries until it works. Returns {"examples": n, "rounds": [names]}."""
+        out, ok = {"examples": 0, "rounds": []}, True
         try:
             out["examples"] = self._restore_flags()
         except Exception as e:
+            ok = False
             self._fail(e, "restoring flags from the Hub", "The app goes on with the local store.")
         if self.model_repo:
             try:
                 out["rounds"] = self._restore_rounds()
             except Exception as e:
+                ok = False
                 self._fail(e, "restoring rounds from the Hub", "The app goes on with the local rounds.")
+        self._restored = self._restored or ok
         return out
 
     def _download(self, repo_id, repo_type, allow_patterns):
@@ -182,11 +187,32 @@ class HubSync:
             raise
         return tmp
 
+    def _replicas_to_restore(self):
+        """Replica folders in the dataset repo whose flags this store does not have (one listing)."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            info = self.api.repo_info(self.repo_id, repo_type="dataset")
+        except RepositoryNotFoundError:
+            return []  # first start: nothing pushed yet
+        remote = {f.rfilename.split("/")[1] for f in info.siblings or []
+                  if f.rfilename.startswith("data/") and f.rfilename.endswith("/metadata.jsonl")}
+        missing = []
+        for r in sorted(remote):
+            rows = self.store.root / "data" / r / "metadata.jsonl"
+            # a name from outside is used as a path only when it is a plain name
+            if SAFE_NAME.fullmatch(r) and (not rows.is_file() or rows.stat().st_size == 0):
+                missing.append(r)
+        return missing
+
     def _restore_flags(self):
-        if self.store.count() > 0:
-            return 0  # local is the source of truth; restore only fills an empty store
-        tmp = self._download(self.repo_id, "dataset",
-                             ["data/*/metadata.jsonl", "data/*/votes.jsonl", "data/*/images/*.png"])
+        # local is the source of truth: only replica folders missing here are filled, never merged
+        missing = self._replicas_to_restore()
+        if not missing:
+            return 0
+        before = self.store.count()
+        tmp = self._download(self.repo_id, "dataset", [f"data/{r}/{f}" for r in missing
+                                                       for f in ("metadata.jsonl", "votes.jsonl", "images/*.png")])
         if tmp is None:
             return 0
         try:
@@ -205,7 +231,7 @@ class HubSync:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.store._repair()
-        return self.store.count()
+        return self.store.count() - before
 
     def _fill_if_empty(self, path, data):
         import fcntl
@@ -222,6 +248,10 @@ class HubSync:
 
     def _restore_rounds(self):
         rounds = self.store.home / "rounds"
+        if any(ROUND_NAME.fullmatch(p.name) and p.name != "round-000" for p in rounds.glob("round-*")):
+            # rounds were trained here (a late restore, after a Hub outage): the Hub's could share
+            # their names with other weights, so this home's lineage stays as it is
+            return []
         tmp = self._download(self.model_repo, "model", [f"rounds/round-*/{f}" for f in ROUND_FILES])
         if tmp is None:
             return []
@@ -250,16 +280,20 @@ class HubSync:
 
     def _connect(self):
         while not self._stopped.is_set():
-            try:
-                # creates the repo (private by default) and pushes at once, then every `every` minutes
-                sched = _Scheduler(self, repo_id=self.repo_id, repo_type="dataset", folder_path=self.store.root,
-                                   every=self.every, private=self.private, token=self._token,
-                                   allow_patterns=[f"data/{self.store.replica}/**", "README.md"])
-                with self._lock:
-                    self.scheduler = sched
+            if not self._restored:  # the Hub was down at start: the earlier flags come back now
+                self.restore()
+            if self.scheduler is None:
+                try:
+                    # creates the repo (private by default) and pushes at once, then every `every` minutes
+                    sched = _Scheduler(self, repo_id=self.repo_id, repo_type="dataset", folder_path=self.store.root,
+                                       every=self.every, private=self.private, token=self._token,
+                                       allow_patterns=[f"data/{self.store.replica}/**", "README.md"])
+                    with self._lock:
+                        self.scheduler = sched
+                except Exception as e:
+                    self._fail(e, "connecting to the Hub")
+            if self.scheduler is not None and self._restored:
                 return
-            except Exception as e:
-                self._fail(e, "connecting to the Hub")
             self._stopped.wait(self.every * 60)
 
     def push_now(self):

@@ -17,58 +17,17 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint
+from .config import RoundConfig
 
 ROUND0 = Path(__file__).resolve().parents[1] / "models" / "round-000"
 ROUND_NAME = re.compile(r"round-(\d{3,})")
-
-
-# --- configuration -----------------------------------------------------------------------------
-
-@dataclass
-class RoundConfig:
-    """One retraining round. The defaults fit a round in about a minute on 2 CPU cores."""
-    mnist_n: int = 8000         # MNIST training examples drawn afresh each round (plus every human one)
-    epochs: float = 1.0
-    steps: int = 7              # PGD steps during training (eps 0.3, step 2.5 * eps / steps)
-    eps: float = 0.3
-    lr: float = 1e-3            # peak of the one-cycle schedule: fine-tuning, not training from scratch
-    human_repeat: int = 10      # each human example is seen this many times per round
-    human_weight: float = 1.0
-    eval_n: int = 10000         # gate: clean accuracy on this many MNIST test examples (all of them)
-    robust_n: int = 1000        # gate: PGD accuracy on the first this many
-    robust_steps: int = 10
-    clean_drop: float = 0.003   # gate: clean accuracy may fall at most 0.3 pt below the serving round
-    robust_drop: float = 0.01   # gate: PGD accuracy at most 1 pt
-    verified_only: bool = False  # train only on examples others have verified
-    votes: int = 2              # agreeing validations that make an example verified
-    seed: int = 0
-
-    @classmethod
-    def from_env(cls, **overrides):
-        """Defaults, overridden by DADC_ROUND_<FIELD> variables (e.g. DADC_ROUND_MNIST_N=2000),
-        DADC_VERIFIED_ONLY=1 and DADC_VOTES=3, then by keyword arguments."""
-        values = {}
-        for f in fields(cls):
-            raw = os.environ.get(f"DADC_ROUND_{f.name.upper()}")
-            if f.name == "verified_only":
-                raw = os.environ.get("DADC_VERIFIED_ONLY", raw)
-            if f.name == "votes":
-                raw = os.environ.get("DADC_VOTES", raw)
-            if raw not in (None, ""):
-                kind = type(f.default)
-                try:
-                    values[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
-                except ValueError:
-                    raise ValueError(f"DADC_ROUND_{f.name.upper()}={raw!r} is not a {kind.__name__}") from None
-        values.update(overrides)
-        return cls(**values)
 
 
 def _write_atomic(path, text):
@@ -282,10 +241,17 @@ def gate(serving, candidate, cfg):
 
 # --- training (on ZeroGPU this runs in a forked GPU process: plain values in, CPU state_dict out) -
 
+_MAIN_PID = os.getpid()
+
+
 def _fine_tune(state, net, x, y, hx, hy, train_cfg, callback=None):
     from . import nets
     from .training import TrainConfig, train
 
+    if os.getpid() != _MAIN_PID:
+        # a forked child (ZeroGPU): the CPU thread pool inherited from the parent hangs at its first
+        # parallel op (GNU OpenMP after fork), as PyTorch's DataLoader workers know. One CPU thread.
+        torch.set_num_threads(1)
     model = nets.build(net)
     model.load_state_dict(state)
     cfg = TrainConfig(**train_cfg)

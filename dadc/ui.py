@@ -8,14 +8,16 @@ API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketch
 import atexit
 import hashlib
 import json
+import math
 import os
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 import gradio as gr
+from gradio.data_classes import FileData
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -50,6 +52,7 @@ class Studio:
                               mnist=mnist or (lambda: data.fetch(settings.home, log=lambda m: None)),
                               on_promote=sync.push_round if sync is not None and sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
+        self.flag_limit = RateLimit(settings.flag_limit, per=60.0)
         self.job.start()  # flags stored before a restart may already be due
 
     # --- draw and predict ---
@@ -74,6 +77,10 @@ class Studio:
             x = preprocess.to_mnist(canvas)
         except preprocess.CanvasError as e:
             raise gr.Error(f"Nothing stored: {e}.") from None
+        wait = self.flag_limit.take(session)  # counts flags that would be stored, not refused ones
+        if wait:
+            raise gr.Error(f"Nothing stored: too many flags from this session (at most {self.flag_limit.n} "
+                           f"a minute). Try again in {math.ceil(wait)} s.")
         name, p = self.predictor.probs(x)
         prediction = int(p.argmax())
         try:
@@ -274,6 +281,28 @@ class Attempts:
                 pass  # a counter, not data: never fail a request for it
 
 
+class RateLimit:
+    """At most n events per `per` seconds for each key (a sliding window), e.g. flags per session."""
+
+    def __init__(self, n, per):
+        self.n, self.per = n, per
+        self._lock = threading.Lock()
+        self._times = {}  # key -> deque of the monotonic times of its last n events
+
+    def take(self, key):
+        """Record one event for key and return 0, or, over the limit, the seconds until the next is
+        allowed (and record nothing)."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._times.setdefault(key, deque(maxlen=self.n))
+            if len(times) == self.n and now - times[0] < self.per:
+                return self.per - (now - times[0])
+            times.append(now)
+            if len(self._times) > MAX_SESSIONS:  # bounded memory: forget the keys that are quiet now
+                self._times = {k: t for k, t in self._times.items() if now - t[-1] < self.per}
+            return 0.0
+
+
 def session_of(request, profile=None):
     """The HF username when logged in with OAuth on a Space, else an anonymous id for this browser
     session (a hash of Gradio's random session hash: nothing that identifies a person)."""
@@ -309,6 +338,16 @@ class Canvas(gr.Sketchpad):
             return super().preprocess(payload)
         except (UnidentifiedImageError, OSError, ValueError):
             raise gr.Error("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
+
+
+    def convert_and_format_image(self, file, flatten_on_white=False):
+        # Gradio converts every image to RGBA, and PIL clips a 16-bit greyscale image to white on
+        # the way: read such images ourselves
+        if isinstance(file, FileData):
+            with Image.open(file.path) as im:
+                if im.mode.startswith("I") or im.mode == "F":
+                    return preprocess.eight_bit(im)
+        return super().convert_and_format_image(file, flatten_on_white)
 
 
 # --- the page ------------------------------------------------------------------------------------

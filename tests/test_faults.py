@@ -83,7 +83,7 @@ def test_sigkill_while_flagging_loses_no_acknowledged_flag(tmp_path, round0, mni
         b.stop()
 
 
-def corrupt_copy(home, round0, name="round-001"):
+def corrupt_copy(home, round0, name="round-001"):  # noqa: F811
     dest = home / "rounds" / name
     shutil.copytree(round0, dest)
     weights = dest / "model.safetensors"
@@ -91,7 +91,7 @@ def corrupt_copy(home, round0, name="round-001"):
     return dest
 
 
-def seed_home(home, round0):
+def seed_home(home, round0):  # noqa: F811
     shutil.copytree(round0, home / "rounds" / "round-000")
 
 
@@ -297,16 +297,10 @@ def earlier_run_on_the_hub(hub, tmp_path, mnist, n=3):  # noqa: F811
     return ids
 
 
-RESTORE_BUG = ("BUG (dadc/hubsync.py): HubSync.restore() runs once, at start; when the Hub is down then, it is never "
-               "retried once the Hub is back (_connect retries only the CommitScheduler), and on a restart "
-               "_restore_flags() skips any store that is not empty, so the flags taken while the Hub was down "
-               "keep the earlier replicas' flags out of this DADC_HOME for good")
-
-
 @pytest.mark.parametrize("when", [
     "hub-up-at-start",  # the control: what restore() does when it can
-    pytest.param("down-then-up", marks=pytest.mark.xfail(strict=True, reason=RESTORE_BUG)),
-    pytest.param("down-then-up-then-restart", marks=pytest.mark.xfail(strict=True, reason=RESTORE_BUG)),
+    "down-then-up",
+    "down-then-up-then-restart",
 ])
 def test_a_fresh_start_gets_the_earlier_flags_from_the_hub(tmp_path, round0, mnist, when):  # noqa: F811
     """A Space restarts on an empty disk; its dataset repo holds an earlier replica's flags. With the
