@@ -5,8 +5,8 @@ page: Submit on an empty canvas (the label says "draw a digit"); Flag with no di
 an empty canvas, a flood of flags from one session (the app runs with DADC_FLAG_LIMIT=2), Verify's
 Yes before Next: each an error toast (gr.Error), and nothing stored. One app and one browser serve
 the whole module; each test gets a fresh page, so a fresh Gradio session. Screenshots are kept
-under each test's tmp_path (their path is printed). Skipped when chromium or playwright is missing (CI installs chromium; `playwright
-install` cannot download a browser here)."""
+under each test's tmp_path (their path is printed). Skipped when chromium or playwright is
+missing (CI installs chromium; `playwright install` cannot download a browser here)."""
 import os
 import re
 
