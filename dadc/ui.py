@@ -17,9 +17,11 @@ from collections import Counter, deque
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.image_editor import EditorData
 from gradio.data_classes import FileData
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
 
 from . import preprocess
 from .rounds import ROUND0, Predictor, Registry, RetrainJob, RoundConfig, eligible, is_verified, round_number
@@ -312,9 +314,24 @@ def session_of(request, profile=None):
     return "anon-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
+class CanvasValue(EditorData):
+    """The Sketchpad's value, refusing anything else with a message for the caller: pydantic's own
+    error would reach an API caller only as Gradio's generic "the app raised an exception"."""
+
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError:
+            raise gr.Error('Nothing done: the canvas must be a Sketchpad value {"background", "layers", '
+                           f'"composite"}} of images, got {type(obj).__name__}.') from None
+
+
 class Canvas(gr.Sketchpad):
     """gr.Sketchpad that refuses what is not an image, or too large to decode, with a clear message
     before anything is decoded (a 20000x20000 PNG is small on the wire and 1.6 GB in memory)."""
+
+    data_model = CanvasValue
 
     def get_block_name(self):
         return "imageeditor"

@@ -178,8 +178,10 @@ def test_extra_fields_in_the_canvas_are_ignored(app, client, good, mnist):  # no
                                                               "composite": None}])
 def test_canvas_of_the_wrong_type(app, client, value):
     before = len(stored(app.home))
-    with pytest.raises(Exception):
-        client.predict(value, 3, api_name="/flag")
+    for args, api in (((value, 3), "/flag"), ((value,), "/predict")):
+        with pytest.raises(AppError, match=r"Nothing done: the canvas must be a Sketchpad value "
+                                           r'\{"background", "layers", "composite"\} of images, got '):
+            client.predict(*args, api_name=api)
     check_unchanged(app, before)
 
 
