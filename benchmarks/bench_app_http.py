@@ -29,11 +29,11 @@ def serve(port):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from dadc import config, ui
+    from dadc import components, config, ui
 
     demo = ui.build(config.from_env())
     with demo:  # the echo endpoints, hidden, with the same concurrency settings as /predict
-        canvas = ui.Canvas(type="pil", visible=False)
+        canvas = components.Canvas(type="pil", visible=False)
         label = gr.Label(visible=False)
         text_in, text_out = gr.Textbox(visible=False), gr.Textbox(visible=False)
         gr.Button(visible=False).click(lambda v: {"echo": 1.0}, canvas, label, api_name="echo_canvas",

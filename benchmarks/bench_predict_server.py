@@ -25,7 +25,8 @@ def main():
     args = p.parse_args()
     import os
     os.environ["DADC_HOME"] = tempfile.mkdtemp(prefix="bench-predict-")
-    from dadc.ui import CANVAS, Studio
+    from dadc.service import Studio
+    from dadc.ui import CANVAS
 
     studio = Studio(config.from_env())
     arrays = data.fetch(ROOT / ".dadc", log=lambda m: None)

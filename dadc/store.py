@@ -1,9 +1,9 @@
-"""FlagStore: the local, durable, append-only store of flagged human examples.
+"""FlagStore: the local, durable, append-only store of flagged human examples. It alone opens the
+files under DADC_HOME/flags; others use its public methods (the Hub sync included).
 
-Local disk is the source of truth; the Hub is a copy (see hubsync.py). The layout under
-DADC_HOME/flags/ is the Hub dataset's layout, so that the pushed repo and the local folder load the
-same way with `datasets` (the imagefolder convention: a metadata.jsonl whose rows name their image
-under `file_name` and the true digit under `label`):
+Local disk is the source of truth; the Hub is a copy. The layout is the Hub dataset's layout, so
+the pushed repo and the local folder load the same way with `datasets` (the imagefolder convention:
+a metadata.jsonl whose rows name their image under `file_name` and the true digit under `label`):
 
     flags/README.md                          dataset card (tells `datasets` which files are data)
     flags/replica                            this DADC_HOME's replica id (Hub path data/<replica>/)
@@ -11,29 +11,30 @@ under `file_name` and the true digit under `label`):
     flags/data/<replica>/votes.jsonl         validations ("I agree this is a 7"), append-only
     flags/data/<replica>/images/<id>.png     the 28x28 image (white digit on black, as MNIST)
     flags/data/<replica>/images/<id>-canvas.png   the original canvas
-    flags/tmp/  flags/.lock                  never pushed
+    flags/tmp/  flags/.lock  flags/.push.lock     never pushed
 
-Concurrency: every append opens metadata.jsonl with O_APPEND and holds an exclusive fcntl.flock
-while it repairs a torn tail (if any), writes one whole line and fsyncs. flock locks belong to open
-file descriptions, so this excludes threads of one process as well as other processes on the same
-DADC_HOME. Images are written to tmp/, fsynced and renamed into place *before* the row naming them
-is appended, so a row never points at a missing file; a crash in between leaves an unnamed image,
-which `datasets` ignores (rows come from metadata).
+Concurrency: rows are appended with files.append_line (flock, torn-tail repair, fsync), so many
+threads and several processes may share one home. Images are written to tmp/, fsynced and renamed
+into place *before* the row naming them is appended, so a row never points at a missing file; a
+crash in between leaves an unnamed image, which `datasets` ignores (rows come from metadata).
 """
 import errno
-import fcntl
-import hashlib
 import io
-import json
 import os
+import re
 import secrets
-import time
+import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from . import files
+from .examples import Example, Vote
 
 # Shown on the Hub and read by `datasets`: only images and metadata.jsonl are data files, so the
 # votes.jsonl files never make `datasets` pick the json builder instead of imagefolder.
@@ -61,80 +62,28 @@ Columns: `image` (28x28, white digit on black, as MNIST), `canvas` (the original
 """
 
 FIELDS = ("file_name", "canvas_file_name", "label", "prediction", "confidences", "round", "time", "session", "id")
+ROWS, VOTES = "metadata.jsonl", "votes.jsonl"
 MAX_SESSION = 200
+REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a replica folder name from outside is used only if plain
+IMAGE_NAME = re.compile(r"[0-9a-f]{1,64}(-canvas)?\.png")
 
 
 class StoreError(RuntimeError):
     """The store cannot write (read-only or full DADC_HOME...). Nothing half-written was kept."""
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class StoreFile:
+    """One file of this replica as a push should send it: `size` bytes (rows measured under the
+    appenders' lock, so no half line), named `rel` in the dataset repo. `key` changes when it does."""
+    path: Path
+    rel: str
+    size: int
+    key: tuple
 
-
-def _write_all(fd, data):
-    # os.write may write less than asked (e.g. the disk fills up mid-way): loop until done or error
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n == 0:
-            raise OSError(errno.ENOSPC, "no space left on device")
-        view = view[n:]
-
-
-def _write_file_atomic(tmp_dir, dest, data):
-    """Write bytes to dest so that dest either does not exist or is complete (temp, fsync, rename)."""
-    tmp = Path(tmp_dir) / f"{uuid.uuid4().hex}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _repair_tail(fd):
-    """Cut a torn last line (a crash or a full disk mid-write) so the next row starts on its own line.
-    Called with the file's flock held. Returns the file size after repair."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    data = os.pread(fd, size, 0)  # rare path: read it all, keep up to the last newline
-    keep = data.rfind(b"\n") + 1
-    os.ftruncate(fd, keep)
-    os.fsync(fd)
-    return keep
-
-
-def _read_jsonl(path):
-    """Rows of a jsonl file; a torn or corrupt line is skipped, never fatal."""
-    rows = []
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return rows
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read(self.size)
 
 
 def _png(img):
@@ -179,6 +128,14 @@ def _as_confidences(conf):
     return [round(v, 6) for v in conf]
 
 
+def _why(root, e):
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"DADC_HOME is read-only: cannot save the flag under {root} ({e.strerror})"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"DADC_HOME is full: cannot save the flag under {root} ({e.strerror})"
+    return f"cannot save the flag under {root}: {e.strerror or e}"
+
+
 class FlagStore:
     """Append-only store of flagged examples under DADC_HOME/flags. Safe for many threads and
     several processes on one DADC_HOME. readonly=True never writes (e.g. export from a read-only home)."""
@@ -188,20 +145,20 @@ class FlagStore:
         self.root = self.home / "flags"
         self.readonly = readonly
         self.replica = None
-        if not readonly:
-            try:
-                for d in (self.root / "data", self.root / "tmp"):
-                    d.mkdir(parents=True, exist_ok=True)
-                with self._locked(self.root / ".lock"):
-                    self.replica = self._replica_id()
-                    if not (self.root / "README.md").exists():
-                        _write_file_atomic(self.root / "tmp", self.root / "README.md", CARD.encode())
-                    self.dir.joinpath("images").mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StoreError(f"cannot write the flag store under {self.root}: {e.strerror or e}") from None
-            self._repair()
-
-    # --- layout -------------------------------------------------------------------------------
+        if readonly:
+            return
+        try:
+            for d in (self.root / "data", self.root / "tmp"):
+                d.mkdir(parents=True, exist_ok=True)
+            with files.locked(self.root / ".lock"):
+                self.replica = self._replica_id()
+                if not (self.root / "README.md").exists():
+                    files.write_atomic(self.root / "README.md", CARD, self.root / "tmp")
+                self.dir.joinpath("images").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot write the flag store under {self.root}: {e.strerror or e}") from None
+        for name in (ROWS, VOTES):  # a writer killed mid-line left a torn tail: cut it
+            files.repair(self.dir / name)
 
     @property
     def dir(self):
@@ -215,43 +172,8 @@ class FlagStore:
         if path.exists():
             return path.read_text().strip()
         rid = secrets.token_hex(6)
-        _write_file_atomic(self.root / "tmp", path, rid.encode())
+        files.write_atomic(path, rid, self.root / "tmp")
         return rid
-
-    @contextmanager
-    def _locked(self, path, flags=os.O_RDWR | os.O_CREAT):
-        fd = os.open(path, flags, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def _repair(self):
-        # a writer killed mid-line leaves a torn tail; cut it at start (appends also check)
-        for name in ("metadata.jsonl", "votes.jsonl"):
-            path = self.dir / name
-            if path.exists():
-                try:
-                    with self._locked(path, os.O_RDWR) as fd:
-                        _repair_tail(fd)
-                except OSError:
-                    pass  # read-only: readers skip a torn line anyway
-
-    def _append_line(self, name, row):
-        line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
-        with self._locked(self.dir / name, os.O_RDWR | os.O_APPEND | os.O_CREAT) as fd:
-            size = _repair_tail(fd)
-            try:
-                _write_all(fd, line)
-                os.fsync(fd)
-            except BaseException:
-                # a half-written row must not count: cut back to where it started
-                try:
-                    os.ftruncate(fd, size)
-                except OSError:
-                    pass
-                raise
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -272,34 +194,24 @@ class FlagStore:
         # with no canvas given, the 28x28 image is the original input: point at it, so the
         # canvas column always holds an image (one schema for every metadata file)
         canvas_name = f"images/{id_}-canvas.png" if canvas is not None else file_name
-        row = {
-            "file_name": file_name,
-            "canvas_file_name": canvas_name,
-            "label": label,
-            "prediction": prediction,
-            "confidences": confidences,
-            "round": int(round),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "session": str(session)[:MAX_SESSION],
-            "id": id_,
-        }
+        row = {"file_name": file_name, "canvas_file_name": canvas_name, "label": label, "prediction": prediction,
+               "confidences": confidences, "round": int(round), "time": files.utc_now(),
+               "session": str(session)[:MAX_SESSION], "id": id_}
         written = []
         try:
-            tmp = self.root / "tmp"
             for name, img in ((file_name, image28), (canvas_name, canvas)):
                 if img is None or name in written:
                     continue
-                _write_file_atomic(tmp, self.dir / name, _png(img))
+                files.write_atomic(self.dir / name, _png(img), self.root / "tmp")  # durable before a row names it
                 written.append(name)
-            _fsync_dir(self.dir / "images")  # the renames are durable before a row names them
-            self._append_line("metadata.jsonl", row)
+            files.append_line(self.dir / ROWS, row)
         except OSError as e:
             for name in written:  # unnamed images are harmless, but do not leave litter
                 try:
                     os.unlink(self.dir / name)
                 except OSError:
                     pass
-            raise StoreError(self._why(e)) from None
+            raise StoreError(_why(self.root, e)) from None
         return id_
 
     def validate(self, id, session, agree):
@@ -308,21 +220,13 @@ class FlagStore:
             raise StoreError("the flag store was opened read-only")
         if not isinstance(agree, bool):
             raise ValueError(f"agree must be a bool, got {agree!r}")
-        if not any(r["id"] == id for r in self._rows()):
+        if self.find(id) is None:
             raise ValueError(f"no flagged example with id {id!r}")
-        row = {"id": id, "session": str(session)[:MAX_SESSION], "agree": agree,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        row = {"id": id, "session": str(session)[:MAX_SESSION], "agree": agree, "time": files.utc_now()}
         try:
-            self._append_line("votes.jsonl", row)
+            files.append_line(self.dir / VOTES, row)
         except OSError as e:
-            raise StoreError(self._why(e)) from None
-
-    def _why(self, e):
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return f"DADC_HOME is read-only: cannot save the flag under {self.root} ({e.strerror})"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return f"DADC_HOME is full: cannot save the flag under {self.root} ({e.strerror})"
-        return f"cannot save the flag under {self.root}: {e.strerror or e}"
+            raise StoreError(_why(self.root, e)) from None
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -331,102 +235,128 @@ class FlagStore:
         data = self.root / "data"
         return sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
 
-    def _rows(self):
-        rows = []
-        for d in self.replica_dirs():
-            for row in _read_jsonl(d / "metadata.jsonl"):
-                if all(k in row for k in FIELDS):
-                    row["path"] = str(d / row["file_name"])
-                    row["canvas_path"] = str(d / row["canvas_file_name"])
-                    rows.append(row)
-        return rows
-
     def validations(self):
-        """All validation rows of all replicas, oldest first per replica."""
-        return [v for d in self.replica_dirs() for v in _read_jsonl(d / "votes.jsonl") if "id" in v]
+        """All votes of all replicas, oldest first per replica."""
+        return [Vote(str(v["id"]), str(v.get("session", "")), bool(v.get("agree")), str(v.get("time", "")))
+                for d in self.replica_dirs() for v in files.read_jsonl(d / VOTES) if "id" in v]
 
     def examples(self):
-        """All flagged examples (dicts: the metadata row, plus absolute `path`/`canvas_path` and the
-        validation counts `agree`/`disagree`, one vote per session, its latest)."""
-        rows = self._rows()
-        latest = {}
-        for v in self.validations():
-            latest[(v["id"], v.get("session"))] = bool(v.get("agree"))
+        """All flagged examples, with their vote counts (one vote per voter: their latest)."""
+        latest = {(v.id, v.session): v.agree for v in self.validations()}
         tally = {}
         for (id_, _), agree in latest.items():
             tally.setdefault(id_, [0, 0])[0 if agree else 1] += 1
-        for r in rows:
-            r["agree"], r["disagree"] = tally.get(r["id"], (0, 0))
-        return rows
+        out = []
+        for d in self.replica_dirs():
+            for r in files.read_jsonl(d / ROWS):
+                if all(k in r for k in FIELDS):
+                    agree, disagree = tally.get(r["id"], (0, 0))
+                    out.append(Example(id=r["id"], label=r["label"], prediction=r["prediction"],
+                                       confidences=tuple(r["confidences"]), round=r["round"], time=r["time"],
+                                       session=r["session"], path=d / r["file_name"],
+                                       canvas_path=d / r["canvas_file_name"], agree=agree, disagree=disagree))
+        return out
+
+    def find(self, id_):
+        """The example with this id, or None."""
+        return next((e for e in self.examples() if e.id == id_), None)
 
     def count(self):
-        return len(self._rows())
+        return len(self.examples())
 
-    def image(self, record):
-        with Image.open(record["path"]) as img:
+    def image(self, example):
+        with Image.open(example.path) as img:
             return img.convert("L").copy()
+
+    def png(self, example, canvas=False) -> bytes:
+        """The stored PNG bytes of an example's 28x28 (or of its canvas)."""
+        return Path(example.canvas_path if canvas else example.path).read_bytes()
+
+    def tensors(self, examples):
+        """x float [N,1,28,28] in [0,1] (white on black) and y long [N], for training and the gate."""
+        import torch  # only training needs torch; the store and the app's flag path do not
+
+        if not examples:
+            return torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
+        x = np.stack([np.asarray(self.image(e), dtype=np.uint8) for e in examples])
+        return torch.from_numpy(x).float().div_(255).unsqueeze(1), torch.tensor([e.label for e in examples])
+
+    # --- what the Hub sync needs --------------------------------------------------------------
+
+    @contextmanager
+    def push_lock(self):
+        """Held from snapshot to commit: two processes on one home then push in snapshot order."""
+        with files.locked(self.root / ".push.lock"):
+            yield
+
+    def snapshot(self):
+        """This replica's files as a push should send them (StoreFile), the dataset card first.
+        Rows are measured first, under the appenders' lock, so every row pushed names an image that
+        is already in place (images are renamed before their row is appended)."""
+        sizes = {}
+        for name in (ROWS, VOTES):
+            path = self.dir / name
+            if path.exists():
+                with files.locked(path, os.O_RDONLY, shared=True) as fd:
+                    sizes[path] = os.fstat(fd).st_size
+        out = []
+        for path in [self.root / "README.md", *sorted((self.dir / "images").glob("*.png")), *sizes]:
+            if path.is_file():
+                st = path.stat()
+                size = sizes.get(path, st.st_size)
+                out.append(StoreFile(path, path.relative_to(self.root).as_posix(), size, (st.st_mtime, size)))
+        return out
+
+    def row_counts(self):
+        """{file: rows} of this replica's row files (flags and votes), for 'pending' counts."""
+        counts = {}
+        for name in (ROWS, VOTES):
+            try:
+                counts[self.dir / name] = (self.dir / name).read_bytes().count(b"\n")
+            except FileNotFoundError:
+                pass
+        return counts
+
+    @contextmanager
+    def scratch(self):
+        """A fresh folder under flags/tmp (the same file system, so what is downloaded into it can
+        be renamed into place), removed when the block ends."""
+        path = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="download-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def lacks_replica(self, name):
+        """True if `name` is a plain replica name whose rows this store does not have yet."""
+        rows = self.root / "data" / str(name) / ROWS
+        return bool(REPLICA_NAME.fullmatch(str(name))) and (not rows.is_file() or rows.stat().st_size == 0)
+
+    def fill_replica(self, src):
+        """Adopt a replica folder downloaded from the Hub (src = .../data/<replica>/), if this store
+        lacks it: its images first, then the rows that name them, under the appenders' lock.
+        Local rows are never merged with or overwritten. Returns the number of examples added."""
+        src = Path(src)
+        if not (src.is_dir() and self.lacks_replica(src.name)):
+            return 0
+        dest = self.root / "data" / src.name
+        (dest / "images").mkdir(parents=True, exist_ok=True)
+        for img in (src / "images").glob("*.png") if (src / "images").is_dir() else []:
+            if IMAGE_NAME.fullmatch(img.name) and not img.is_symlink() and not (dest / "images" / img.name).exists():
+                os.replace(img, dest / "images" / img.name)
+        files.fsync_dir(dest / "images")
+        for name in (ROWS, VOTES):
+            if (src / name).is_file() and not (src / name).is_symlink():
+                with files.locked(dest / name) as fd:
+                    if os.fstat(fd).st_size == 0:
+                        files.write_all(fd, (src / name).read_bytes())
+                        files.repair_tail(fd)  # a pushed file ends on a whole line, but do not trust it
+                        os.fsync(fd)
+        return len(files.read_jsonl(dest / ROWS))
 
 
 def human_tensors(home, drop_disputed=True):
-    """The human examples for training: x float [N,1,28,28] in [0,1] (white on black), y long [N].
-    drop_disputed leaves out examples that more validators rejected than accepted."""
-    import torch  # only training needs torch; the store and the app's flag path do not
-
+    """The human examples under `home` for training (FlagStore.tensors). drop_disputed leaves out
+    examples that more validators rejected than accepted."""
     store = FlagStore(home, readonly=True)
-    rows = [r for r in store.examples() if not (drop_disputed and r["disagree"] > r["agree"])]
-    if not rows:
-        return torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
-    x = np.stack([np.asarray(store.image(r), dtype=np.uint8) for r in rows])
-    x = torch.from_numpy(x).float().div_(255.0).unsqueeze(1)
-    y = torch.tensor([r["label"] for r in rows], dtype=torch.long)
-    return x, y
-
-
-def _split_of(id_):
-    # stable: an example keeps its split as the data grows (about 1 in 10 goes to validation)
-    return "validation" if int(hashlib.sha256(id_.encode()).hexdigest()[:8], 16) % 10 == 0 else "train"
-
-
-def export_dataset(home, out_dir):
-    """Write the collected examples as a `datasets` parquet dataset with train/validation splits:
-    OUT/data/train-00000-of-00001.parquet and OUT/data/validation-00000-of-00001.parquet (images
-    embedded). Loads with datasets.load_dataset(OUT). Returns {split: count}."""
-    import datasets
-
-    store = FlagStore(home, readonly=True)
-    rows = store.examples()
-    if not rows:
-        raise ValueError(f"no flagged examples under {store.root}: nothing to export")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not an empty folder")
-    splits = {"train": [], "validation": []}
-    for r in rows:
-        splits[_split_of(r["id"])].append(r)
-    if not splits["validation"] and len(rows) > 1:  # too few to hash-split: hold out one
-        splits["validation"].append(splits["train"].pop())
-    features = datasets.Features({
-        "image": datasets.Image(), "canvas": datasets.Image(),
-        "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
-        "prediction": datasets.Value("int64"), "confidences": datasets.Sequence(datasets.Value("float32")),
-        "round": datasets.Value("int64"), "time": datasets.Value("string"),
-        "session": datasets.Value("string"), "id": datasets.Value("string"),
-        "agree": datasets.Value("int64"), "disagree": datasets.Value("int64"),
-    })
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    counts = {}
-    was_quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # a CLI answers in one line, without progress bars
-    try:
-        for split, rs in splits.items():
-            # in the features' column order; bytes, not paths: the parquet holds the images themselves
-            cols = {k: [r[k] for r in rs] for k in features if k not in ("image", "canvas")}
-            cols = {"image": [{"bytes": Path(r["path"]).read_bytes(), "path": None} for r in rs],
-                    "canvas": [{"bytes": Path(r["canvas_path"]).read_bytes(), "path": None} for r in rs], **cols}
-            ds = datasets.Dataset.from_dict(cols, features=features)
-            ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
-            counts[split] = len(rs)
-    finally:
-        if not was_quiet:
-            datasets.enable_progress_bars()
-    return counts
+    return store.tensors([e for e in store.examples() if not (drop_disputed and e.disputed)])

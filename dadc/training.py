@@ -120,11 +120,7 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
             if k < len(idx):  # attack the tail of the batch, in eval mode (inside the attack)
                 eps = cfg.eps * min(1.0, step / (cfg.eps_ramp * total)) if cfg.eps_ramp else cfg.eps
                 with autocast:
-                    if cfg.attack == "fgsm":
-                        x_adv = fgsm(net, xb[k:], yb[k:], eps)
-                    else:
-                        x_adv = pgd(net, xb[k:], yb[k:], eps, alpha * eps / cfg.eps if cfg.eps else 0, cfg.steps)
-                xb = torch.cat([xb[:k], x_adv])
+                    xb = torch.cat([xb[:k], _attack(net, xb[k:], yb[k:], eps, alpha, cfg)])
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle(step, total, cfg.lr, cfg.warmup)
             with autocast:
@@ -153,6 +149,13 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
     bar.close()
     model.eval()
     return history
+
+
+def _attack(net, x, y, eps, alpha, cfg):
+    """The adversarial half of a batch: FGSM with random start, or PGD whose step follows a ramped eps."""
+    if cfg.attack == "fgsm":
+        return fgsm(net, x, y, eps)
+    return pgd(net, x, y, eps, alpha * eps / cfg.eps if cfg.eps else 0, cfg.steps)
 
 
 def _metrics(sums, counts):

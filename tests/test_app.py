@@ -284,12 +284,13 @@ def test_many_clients_flagging_at_once(tmp_path, round0, mnist):
 def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monkeypatch):
     """The dashboard's numbers, in-process (the same Studio the page's events call)."""
     from dadc import config, ui
-    from dadc.rounds import RoundConfig
+    from dadc.config import RoundConfig
+    from dadc.service import Studio
 
     home = mnist_into(tmp_path / "home")
     monkeypatch.setenv("DADC_HOME", str(home))
     monkeypatch.setenv("DADC_THRESHOLD", "3")
-    studio = ui.Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
+    studio = Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
     canvases = [draw(mnist["test_x"][i], rng=np.random.default_rng(i)) for i in range(4)]
     for i, c in enumerate(canvases):  # four drawings: four attempts, three flagged as fooling it
         studio.predict(c, f"s{i}")
@@ -312,7 +313,7 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     assert len(d["gallery"]) == fooled and all(Path(p).exists() for p, _ in d["gallery"])
     demo = ui.build(None, studio=studio)  # the page's own dashboard event turns it into Gradio values
     fn = next(f.fn for f in demo.fns.values() if f.name == "show_dashboard")
-    status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer = fn()
+    status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer = fn().values()
     assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
 
 

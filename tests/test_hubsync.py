@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dadc.hubsync import HubSync, model_card
+from dadc.registry import Registry
 from dadc.store import FlagStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def test_flags_land_in_a_private_repo_and_load_with_datasets(tmp_path, fake_hub,
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 9)
     ds = datasets.load_dataset(DATASET, split="train", token=TOKEN)  # the Hub copy loads too
     assert sorted(ds["id"]) == sorted(ids + more)
-    assert {r["id"]: r["label"] for r in ds} == {r["id"]: r["label"] for r in store.examples()}
+    assert {r["id"]: r["label"] for r in ds} == {r.id: r.label for r in store.examples()}
     assert all(TOKEN.encode() not in data for data in fake_hub.files(DATASET).values())
 
 
@@ -181,16 +182,16 @@ def test_restore_into_an_empty_home_and_rounds_to_the_hub(tmp_path, fake_hub, sy
     # the Space restarts with an empty disk
     new_home = tmp_path / "new"
     new = FlagStore(new_home)
-    sync2 = HubSync(new, DATASET, TOKEN, every=EVERY, model_repo=MODELS)
+    sync2 = HubSync(new, DATASET, TOKEN, every=EVERY, model_repo=MODELS, registry=Registry(new_home))
     syncs.append(sync2)
     got = sync2.restore()
     assert got == {"examples": 5, "rounds": ["round-001"]}
-    by_id = {r["id"]: r for r in new.examples()}
+    by_id = {r.id: r for r in new.examples()}
     assert set(by_id) == set(ids)
     for r in old.examples():
-        assert Path(by_id[r["id"]]["path"]).read_bytes() == Path(r["path"]).read_bytes()
-        assert Path(by_id[r["id"]]["canvas_path"]).read_bytes() == Path(r["canvas_path"]).read_bytes()
-        assert (by_id[r["id"]]["label"], by_id[r["id"]]["disagree"]) == (r["label"], r["disagree"])
+        assert Path(by_id[r.id].path).read_bytes() == Path(r.path).read_bytes()
+        assert Path(by_id[r.id].canvas_path).read_bytes() == Path(r.canvas_path).read_bytes()
+        assert (by_id[r.id].label, by_id[r.id].disagree) == (r.label, r.disagree)
     for f in ("model.safetensors", "config.json", "metrics.json"):
         assert (new_home / "rounds" / "round-001" / f).read_bytes() == (round_dir / f).read_bytes()
     assert [p.name for p in (new_home / "flags" / "tmp").iterdir()] == []  # downloads cleaned up
@@ -267,6 +268,6 @@ def test_model_card_without_counts_says_so(tmp_path):
 def test_error_texts_are_scrubbed_of_the_token(tmp_path, caplog):
     secret = "hf_scrub_me_please"
     sync = HubSync(FlagStore(tmp_path), DATASET, secret)
-    err = sync._fail(RuntimeError(f"proxy said: Authorization: Bearer {secret}"), "pushing flags to the Hub")
+    err = sync.log.fail(RuntimeError(f"proxy said: Authorization: Bearer {secret}"), "pushing flags to the Hub")
     for text in (str(err), sync.status()["last_error"]):
         assert secret not in text and "Bearer hf_***" in text

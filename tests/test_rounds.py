@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from dadc import checkpoint, nets
-from dadc.rounds import Predictor, Registry, RetrainJob, RoundConfig, gate
+from dadc.config import RoundConfig
+from dadc.gate import gate
+from dadc.registry import Predictor, Registry
+from dadc.retrain import RetrainJob
 from dadc.store import FlagStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,9 +160,9 @@ def test_zero_gpu_style_training_call_runs_in_a_forked_process(loop, monkeypatch
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from dadc import rounds
+    from dadc import retrain
 
-    _REAL.append(rounds._fine_tune)
+    _REAL.append(retrain.fine_tune)
     callbacks = []
 
     def in_a_fork(*args, **kwargs):
@@ -167,7 +170,7 @@ def test_zero_gpu_style_training_call_runs_in_a_forked_process(loop, monkeypatch
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             return pool.submit(_real_fine_tune, *args, **kwargs).result()  # pickles what goes in and out
 
-    monkeypatch.setattr(rounds, "_fine_tune", in_a_fork)
+    monkeypatch.setattr(retrain, "fine_tune", in_a_fork)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
     registry, predictor, store, make_job, arrays = loop
     job = make_job(threshold=3, clean_drop=1.0, robust_drop=1.0)
@@ -187,7 +190,7 @@ def test_gate_rejection_keeps_serving_and_records_why(loop):
     [a] = attempts(registry)
     assert not a["passed"] and "clean accuracy" in a["reasons"][0]
     assert registry.names() == ["round-000"] and predictor.round == "round-000"
-    assert "rejected" in job.status["stage"]
+    assert "rejected" in job.status.stage
 
 
 def test_many_flags_at_once_store_each_once_and_start_one_round_per_crossing(loop):
@@ -205,7 +208,7 @@ def test_many_flags_at_once_store_each_once_and_start_one_round_per_crossing(loo
     for t in threads:
         t.join()
     assert job.wait(180)
-    assert store.count() == 32 and len(set(ids)) == 32 and {r["id"] for r in store.examples()} == set(ids)
+    assert store.count() == 32 and len(set(ids)) == 32 and {r.id for r in store.examples()} == set(ids)
     assert job.started == 1 and len(attempts(registry)) == 1 and attempts(registry)[0]["claimed"] == 20
     flag_some(store, job, arrays, 8, start=100)  # 40 eligible: the second crossing
     assert job.wait(180)
@@ -233,7 +236,7 @@ def test_restart_with_pending_flags_starts_a_round(loop):
 
 
 def test_verified_only_uses_examples_only_once_verified(loop):
-    from dadc.rounds import eligible
+    from dadc.examples import eligible
 
     registry, predictor, store, make_job, arrays = loop
     cfg = RoundConfig(verified_only=True, votes=2)
@@ -244,8 +247,8 @@ def test_verified_only_uses_examples_only_once_verified(loop):
     assert eligible(store.examples(), cfg) == []  # one vote of two
     store.validate(ids[0], "c", True)
     store.validate(ids[1], "b", False)
-    assert [r["id"] for r in eligible(store.examples(), cfg)] == [ids[0]]
-    assert {r["id"] for r in eligible(store.examples(), RoundConfig())} == {ids[0], ids[2]}  # disputed one out
+    assert [r.id for r in eligible(store.examples(), cfg)] == [ids[0]]
+    assert {r.id for r in eligible(store.examples(), RoundConfig())} == {ids[0], ids[2]}  # disputed one out
 
 
 def cli(*args, home, **env):

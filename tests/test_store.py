@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc.store import FlagStore, export_dataset, human_tensors
+from dadc.export import export_dataset
+from dadc.store import FlagStore, human_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,14 +43,14 @@ def test_append_and_read_back(tmp_path):
     j = store.append(digit(2), 3)  # no canvas, prediction or confidences
     assert store.count() == 2
     a, b = store.examples()[0], store.examples()[1]
-    if a["id"] != i:
+    if a.id != i:
         a, b = b, a
-    assert (a["id"], a["label"], a["prediction"], a["round"], a["session"]) == (i, 7, 1, 2, "s1")
-    assert a["confidences"][1] == 0.8 and a["confidences"][7] == 0.2 and len(a["confidences"]) == 10
+    assert (a.id, a.label, a.prediction, a.round, a.session) == (i, 7, 1, 2, "s1")
+    assert a.confidences[1] == 0.8 and a.confidences[7] == 0.2 and len(a.confidences) == 10
     assert np.array_equal(np.asarray(store.image(a)), np.asarray(digit(1)))
-    assert Image.open(a["canvas_path"]).size == (300, 300)
-    assert (b["id"], b["label"], b["prediction"]) == (j, 3, -1)
-    assert b["canvas_path"] == b["path"]  # no canvas given: the 28x28 is the original
+    assert Image.open(a.canvas_path).size == (300, 300)
+    assert (b.id, b.label, b.prediction) == (j, 3, -1)
+    assert b.canvas_path == b.path  # no canvas given: the 28x28 is the original
     # everything lives under DADC_HOME/flags and nothing is left in tmp/
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flags"]
     assert list((tmp_path / "flags" / "tmp").iterdir()) == []
@@ -79,7 +80,7 @@ def test_validations_are_appended_never_rewritten(tmp_path):
     assert [(v["session"], v["agree"]) for v in votes] == [("alice", True), ("bob", True), ("bob", False)]
     assert len(store.validations()) == 3
     (ex,) = store.examples()
-    assert (ex["agree"], ex["disagree"]) == (1, 1)  # one vote per session, its latest
+    assert (ex.agree, ex.disagree) == (1, 1)  # one vote per session, its latest
     with pytest.raises(ValueError):
         store.validate("no-such-id", "alice", True)
 
@@ -103,8 +104,8 @@ def test_64_threads_x_20_flags_give_exactly_1280_records(tmp_path):
     assert errors == []
     rows = store.examples()
     assert len(rows) == 1280 and len(ids) == 1280
-    assert len({r["id"] for r in rows}) == 1280 and {r["id"] for r in rows} == set(ids)
-    assert all(Path(r["path"]).is_file() for r in rows)
+    assert len({r.id for r in rows}) == 1280 and {r.id for r in rows} == set(ids)
+    assert all(Path(r.path).is_file() for r in rows)
     lines = (store.dir / "metadata.jsonl").read_bytes().split(b"\n")
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])  # whole lines only
 
@@ -130,10 +131,10 @@ def test_two_processes_on_one_home(tmp_path):
     acked = [set(p.communicate(timeout=120)[0].split()) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     rows = FlagStore(tmp_path).examples()
-    assert len(rows) == 400 and {r["id"] for r in rows} == acked[0] | acked[1]
-    sessions = [r["session"] for r in rows]  # file order: the two writers' rows interleave
+    assert len(rows) == 400 and {r.id for r in rows} == acked[0] | acked[1]
+    sessions = [r.session for r in rows]  # file order: the two writers' rows interleave
     assert sum(a != b for a, b in zip(sessions, sessions[1:])) > 2
-    assert len({r["session"] for r in rows}) == 2
+    assert len({r.session for r in rows}) == 2
     assert len(FlagStore(tmp_path).replica_dirs()) == 1  # one home, one replica folder
 
 
@@ -151,11 +152,11 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_flag(tmp_path):
     proc.wait(timeout=30)
     acked += [line.strip() for line in proc.stdout if line.strip()]
     store = FlagStore(tmp_path)  # reopening repairs anything torn
-    ids = {r["id"] for r in store.examples()}
+    ids = {r.id for r in store.examples()}
     assert set(acked) <= ids and len(ids) >= 150
     ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "flags" / "data"), split="train")
     assert len(ds) == len(ids) and set(ds["id"]) == ids
-    assert store.append(digit(), 1) in {r["id"] for r in store.examples()}  # and it goes on
+    assert store.append(digit(), 1) in {r.id for r in store.examples()}  # and it goes on
 
 
 def test_torn_last_line_is_tolerated_and_repaired(tmp_path):

@@ -1,0 +1,77 @@
+"""The flagged example and the vote, and every rule about them, written once.
+
+An Example is one drawing a person flagged with its true digit; a Vote is another person's
+judgement of that label. The rules: when an example fooled the model, when it is verified or
+disputed, which examples a round may learn from, which are held out (never trained on: the gate
+measures on them, and the export's validation split is the same set), and how rounds are named.
+"""
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROUND_NAME = re.compile(r"round-(\d{3,})")
+
+
+def round_name(number: int) -> str:
+    return f"round-{number:03d}"
+
+
+def round_number(name: str) -> int:
+    m = ROUND_NAME.fullmatch(str(name))
+    if not m:
+        raise ValueError(f"{name!r} is not a round name (round-NNN)")
+    return int(m.group(1))
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    label: int                 # the true digit, as the person said
+    prediction: int            # what the serving model said, -1 if not recorded
+    confidences: tuple         # its 10 probabilities (all 0 if not recorded)
+    round: int                 # the number of the round that served it
+    time: str                  # UTC, files.utc_now()
+    session: str               # who flagged it (an identity, never a secret)
+    path: Path                 # the 28x28 PNG (white digit on black, as MNIST)
+    canvas_path: Path          # the original canvas (the 28x28 itself when none was kept)
+    agree: int = 0             # votes: one per voter, their latest
+    disagree: int = 0
+
+    @property
+    def fooled(self) -> bool:
+        """The model said another digit than the person's (not just unsure)."""
+        return self.prediction not in (-1, self.label)
+
+    @property
+    def disputed(self) -> bool:
+        return self.disagree > self.agree
+
+    def verified(self, votes: int) -> bool:
+        """`votes` others agreed with the label, and more agreed than disagreed."""
+        return self.agree >= votes and self.agree > self.disagree
+
+    @property
+    def held_out(self) -> bool:
+        return held_out(self.id)
+
+
+@dataclass(frozen=True)
+class Vote:
+    id: str        # the example voted on
+    session: str   # who voted
+    agree: bool
+    time: str
+
+
+def held_out(example_id: str) -> bool:
+    """About 1 in 10 examples never trains any round: the gate measures on them, and the export
+    puts them in its validation split. Stable per id, so an example keeps its side as data grows."""
+    return int(hashlib.sha256(example_id.encode()).hexdigest()[:8], 16) % 10 == 0
+
+
+def eligible(examples, cfg):
+    """Examples a round may learn from: not disputed, and verified (cfg.votes agreeing) if the round
+    uses verified examples only (cfg.verified_only)."""
+    ok = [e for e in examples if not e.disputed]
+    return [e for e in ok if e.verified(cfg.votes)] if cfg.verified_only else ok
