@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval, export, simulate, rollback} ... (see README).
+"""Command line: python -m dadc {data, train, eval, export, simulate, rollback, retrain} ... (see README).
 
 Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, fields
 
 from . import config
@@ -117,6 +118,92 @@ def cmd_rollback(args, settings):
     print(f"{registry.root / 'CURRENT'} now names {args.round}: the app serves it from its next start")
 
 
+class RoundProgress:
+    """A round's stages on stderr: "loading data", then a tqdm bar of the training steps done/total
+    (as the trainer reports them), whose label turns to the gate's stage while both rounds are measured."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, status):
+        from tqdm.auto import tqdm
+
+        if self.bar is None and status.stage != "training":
+            print(f"{status.stage} ...", file=sys.stderr)
+            return
+        if self.bar is None:
+            self.bar = tqdm(desc="training", total=status.total or None, unit="step", file=sys.stderr)
+        elif status.stage == "training":
+            if status.total:
+                self.bar.total = status.total
+            self.bar.n = status.done
+            self.bar.refresh()
+        else:
+            self.bar.set_description_str(status.stage)
+
+    def write(self, message):
+        print(message, file=sys.stderr) if self.bar is None else self.bar.write(message, file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_retrain(args, settings):
+    """One round now, in the foreground, on every eligible flagged example whatever the threshold:
+    the app's round (same RoundConfig, gate and history entry), under the home's train lock. The
+    gate's verdict is a result (exit 0 either way); bad input is an error (exit 1)."""
+    from . import data, files
+    from .examples import eligible
+    from .registry import Predictor, Registry
+    from .retrain import TRAIN_LOCK, RetrainJob
+    from .store import FlagStore
+
+    home = settings.home
+    if home.exists() and not home.is_dir():
+        raise ValueError(f"DADC_HOME {home} is not a directory")
+    cfg = config.RoundConfig.from_env()
+    lock = home / "rounds" / TRAIN_LOCK
+    with ExitStack() as stack:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            held = stack.enter_context(files.try_locked(lock))
+        except OSError as e:
+            raise ValueError(f"cannot use DADC_HOME {home}: {e.strerror or e}") from None
+        if held is None:
+            raise RuntimeError(f"a round is already training on this home (lock {lock})")
+        registry = Registry(home)
+        store = FlagStore(home)
+        predictor = Predictor(registry)
+        flagged = store.examples()
+        usable = eligible(flagged, cfg)
+        train_n = sum(not e.held_out for e in usable)
+        left_out = f"; {len(flagged) - len(usable)} flagged but not eligible" if len(flagged) > len(usable) else ""
+        if train_n == 0:
+            why = f"all {len(usable)} are held out for the gate" if usable else f"none flagged under {home}"
+            print(f"note: no human examples to train on ({why}{left_out}): this round fine-tunes "
+                  f"{predictor.round} on MNIST alone", file=sys.stderr)
+        else:
+            print(f"retraining {predictor.round} on {train_n} human examples ({len(usable) - train_n} held out "
+                  f"for the gate{left_out}) and {cfg.mnist_n} MNIST examples", file=sys.stderr)
+        progress = RoundProgress()
+        job = RetrainJob(registry, predictor, store, settings.threshold, cfg, on_stage=progress,
+                         mnist=lambda: data.fetch(home, log=progress.write))
+        try:
+            entry = job.run_round(len(usable))  # claimed: a running app does not start a round on these again
+        finally:
+            progress.close()
+    if entry["passed"]:
+        print(f"promoted {entry['round']}. A running app on this home keeps serving {entry['base']}: "
+              f"the app serves {entry['round']} from its next start; or roll back to it from the dashboard",
+              file=sys.stderr)
+    else:
+        print("rejected by the gate: " + "; ".join(entry["reasons"]) + f". Still serving {entry['base']}.",
+              file=sys.stderr)
+    print(json.dumps({"round": entry.get("round"), "passed": entry["passed"], "reasons": entry["reasons"],
+                      "seconds": entry["seconds"], "serving": registry.current()}))
+
+
 def cmd_simulate(args, settings):
     from . import simulate
 
@@ -171,6 +258,9 @@ def parser():
     r = sub.add_parser("rollback", help="serve an earlier round (from the app's next start)")
     r.add_argument("round", help="e.g. round-002")
     r.set_defaults(run=cmd_rollback)
+
+    sub.add_parser("retrain", help="one retraining round now, in the foreground, on the flagged examples "
+                                   "(DADC_ROUND_* settings; recorded in the history)").set_defaults(run=cmd_retrain)
     return p
 
 

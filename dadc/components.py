@@ -6,7 +6,7 @@ from gradio.data_classes import FileData
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from . import preprocess
+from . import guard, preprocess
 from .service import StudioError, check_digit
 
 
@@ -36,32 +36,24 @@ class CanvasValue(EditorData):
                            f'"composite"}} of images, got {type(obj).__name__}.') from None
 
 
-class Canvas(gr.Sketchpad):
+class Canvas(guard.BoundedBlobs, gr.Sketchpad):
     """gr.Sketchpad that refuses what is not an image, or too large to decode, with a clear message
-    before anything is decoded (a 20000x20000 PNG is small on the wire and 1.6 GB in memory)."""
+    before anything is decoded (a 20000x20000 PNG is small on the wire and 1.6 GB in memory), and
+    whose blob upload route is bounded (guard.BoundedBlobs)."""
 
     data_model = CanvasValue
 
-    def get_block_name(self):
-        return "imageeditor"
+    def check_image_size(self, width, height, what):
+        try:
+            preprocess.check_size(width, height)
+        except preprocess.CanvasError as e:
+            raise gr.Error(f"Nothing done: {e}.") from None
 
     def preprocess(self, payload):
-        if payload is not None and payload.id is None:
-            for f in [payload.background, payload.composite, *(payload.layers or [])]:
-                if f is None:
-                    continue
-                try:
-                    with Image.open(f.path) as im:  # reads the header only
-                        preprocess.check_size(*im.size)
-                except preprocess.CanvasError as e:
-                    raise gr.Error(f"Nothing done: {e}.") from None
-                except Image.DecompressionBombError:  # PIL's own guard, past 179 megapixels
-                    raise gr.Error(f"Nothing done: image too large: at most "
-                                   f"{preprocess.MAX_PIXELS // 1_000_000} megapixels.") from None
-                except (UnidentifiedImageError, OSError, ValueError):
-                    raise gr.Error("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
         try:
             return super().preprocess(payload)
+        except gr.Error:  # a ValueError too: already the message for the caller
+            raise
         except (UnidentifiedImageError, OSError, ValueError):
             raise gr.Error("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
 

@@ -15,14 +15,19 @@ class Settings:
     model_repo: str | None = None    # DADC_MODEL_REPO: promoted rounds are pushed here
     push_every: float = 5.0          # DADC_PUSH_EVERY, minutes
     threshold: int = 10              # DADC_THRESHOLD: new examples that start a retraining round
-    flag_limit: int = 30             # DADC_FLAG_LIMIT: flags a minute from one session (a flood is refused)
+    flag_limit: int = 30             # DADC_FLAG_LIMIT: flags a minute from one identity (a flood is refused)
+    flag_budget: int = 600           # DADC_FLAG_BUDGET: flags an hour from all anonymous visitors together
+    max_flags: int = 200_000         # DADC_MAX_FLAGS: the store's hard cap; past it flags are refused
+    admins: frozenset = frozenset()  # DADC_ADMINS: HF usernames (OAuth) allowed to roll back and retrain
+    vote_login: bool = False         # DADC_VOTE_LOGIN=1: voting needs a login
+    proxy_hops: int = 0              # DADC_TRUSTED_PROXY_HOPS: proxies whose X-Forwarded-For entry is trusted
 
     @property
     def hub_enabled(self) -> bool:
         return bool(self.hf_token and self.dataset_repo)
 
 
-def _number(name, default, kind):
+def _number(name, default, kind, zero=False):
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -30,8 +35,8 @@ def _number(name, default, kind):
         value = kind(raw)
     except ValueError:
         raise SystemExit(f"error: {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SystemExit(f"error: {name} must be > 0, got {raw!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise SystemExit(f"error: {name} must be > {'= ' if zero else ''}0, got {raw!r}")
     return value
 
 
@@ -75,6 +80,12 @@ def from_env() -> Settings:
         push_every=_number("DADC_PUSH_EVERY", 5.0, float),
         threshold=_number("DADC_THRESHOLD", 10, int),
         flag_limit=_number("DADC_FLAG_LIMIT", 30, int),
+        flag_budget=_number("DADC_FLAG_BUDGET", 600, int),
+        max_flags=_number("DADC_MAX_FLAGS", 200_000, int),
+        admins=frozenset(a.strip() for a in os.environ.get("DADC_ADMINS", "").split(",") if a.strip()),
+        vote_login=_flag("DADC_VOTE_LOGIN"),
+        # a Space's proxy appends the visitor's address to X-Forwarded-For: trust that one entry there
+        proxy_hops=_number("DADC_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0, int, zero=True),
     )
 
 

@@ -3,6 +3,7 @@
 - write_atomic: a file either does not exist or is complete (temp file, fsync, rename, fsync dir);
 - locked: an exclusive (or shared) flock held on an open file. flock locks belong to open file
   descriptions, so this excludes threads of one process as well as other processes on one home;
+  try_locked: the same, exclusive, without waiting (None when someone else holds it);
 - append_line: one JSON row appended whole and fsynced, under the file's lock, after cutting a
   torn tail (a writer killed mid-line); a row that could not be written whole is cut back out;
 - read_jsonl: the rows of a JSON-lines file, a torn or corrupt line skipped, never fatal;
@@ -73,6 +74,22 @@ def locked(path, flags=os.O_RDWR | os.O_CREAT, shared=False):
         yield fd
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextmanager
+def try_locked(path, flags=os.O_RDWR | os.O_CREAT):
+    """As locked (exclusive), but never waits: yields the descriptor, or None when another open
+    file (this process or another) holds the lock; the lock, if taken, is held until the block ends."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+        else:
+            yield fd
+    finally:
+        os.close(fd)
 
 
 def repair_tail(fd):

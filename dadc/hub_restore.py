@@ -6,6 +6,8 @@ from pathlib import Path
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from .registry import ROUND_FILES
+from .store import fill_replica
+from .store import Filled
 
 
 def _download(api, repo_id, repo_type, allow_patterns, into):
@@ -29,18 +31,18 @@ def missing_replicas(api, repo_id, store):
 
 
 def restore_flags(api, repo_id, store):
-    """Fill every replica folder the store lacks from the dataset repo. Returns examples added."""
+    """Fill every replica folder the store lacks from the dataset repo. Its rows are untrusted: the
+    store checks each one and skips (logs, counts) the bad ones. Returns a store.Filled: examples
+    added and rows skipped by reason."""
     missing = missing_replicas(api, repo_id, store)
     if not missing:
-        return 0
-    added = 0
+        return Filled()
     with store.scratch() as tmp:
         patterns = [f"data/{r}/{f}" for r in missing for f in ("metadata.jsonl", "votes.jsonl", "images/*.png")]
         if not _download(api, repo_id, "dataset", patterns, tmp):
-            return 0
-        for src in sorted((tmp / "data").iterdir()) if (tmp / "data").is_dir() else []:
-            added += store.fill_replica(src)  # the store checks the names: never trust a path from outside
-    return added
+            return Filled()
+        folders = sorted((tmp / "data").iterdir()) if (tmp / "data").is_dir() else []
+        return fill_replica(store, *folders)  # all at once: a vote in one folder may name a flag in another
 
 
 def restore_rounds(api, model_repo, registry, store):

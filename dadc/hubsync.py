@@ -50,6 +50,7 @@ class HubStatus:
         self._lock = threading.Lock()
         self.last_push = None   # time of the last successful push (flags or rounds)
         self.last_error = None  # the last failure, cleared by a success; never has the token
+        self.last_problem = None  # the same in general words (no repo id, no server text): for everyone
 
     def scrub(self, text):
         return str(text).replace(self._token, "hf_***") if self._token else str(text)
@@ -59,34 +60,35 @@ class HubStatus:
         return lines[0][:300] if lines else type(e).__name__
 
     def explain(self, e, doing, then):
-        """A short, token-free sentence: what failed, why, and what happens now."""
+        """(a short, token-free sentence: what failed, why, and what happens now; the same without
+        the server's or the exception's own words, for the public dashboard)."""
         status, inner = None, e  # huggingface_hub may wrap the HTTP error: look down the chain
         while inner is not None and status is None:
             status = getattr(getattr(inner, "response", None), "status_code", None)
             inner = inner.__cause__ or inner.__context__
         kind = type(e).__name__.lower()
         if status == 401:
-            why = "the Hub rejected HF_TOKEN (401 Unauthorized): check the token and its write access"
+            why = public = "the Hub rejected HF_TOKEN (401 Unauthorized): check the token and its write access"
         elif status == 403:
-            why = "HF_TOKEN may not write to this repo (403 Forbidden)"
+            why = public = "HF_TOKEN may not write to this repo (403 Forbidden)"
         elif status is not None:
-            why = f"the Hub answered {status}: {self._first_line(e)}"
+            why, public = f"the Hub answered {status}: {self._first_line(e)}", f"the Hub answered {status}"
         elif isinstance(e, (OSError, ConnectionError)) or any(w in kind for w in ("connect", "timeout", "network")):
-            why = f"cannot reach the Hub ({type(e).__name__}: {self._first_line(e)})"
+            why, public = f"cannot reach the Hub ({type(e).__name__}: {self._first_line(e)})", "cannot reach the Hub"
         else:
-            why = f"{type(e).__name__}: {self._first_line(e)}"
-        return self.scrub(f"{doing} failed: {why}. {then}")
+            why, public = f"{type(e).__name__}: {self._first_line(e)}", type(e).__name__
+        return self.scrub(f"{doing} failed: {why}. {then}"), f"{doing} failed: {public}"
 
     def fail(self, e, doing, then="Flags are kept locally and retried."):
         """Record a failure; returns the HubSyncError to raise."""
-        msg = self.explain(e, doing, then)
+        msg, public = self.explain(e, doing, then)
         with self._lock:
-            self.last_error = msg
+            self.last_error, self.last_problem = msg, public
         return HubSyncError(msg)
 
     def pushed(self):
         with self._lock:
-            self.last_push, self.last_error = files.utc_now(), None
+            self.last_push, self.last_error, self.last_problem = files.utc_now(), None, None
 
 
 class _Scheduler(CommitScheduler):
@@ -127,6 +129,7 @@ class HubSync:
         self._rounds = []        # (round dir, counts) waiting for the model repo, retried until pushed
         self._model_repo_ready = False
         self._restored = False   # restore() has worked once (else the connect loop retries it)
+        self.skipped_rows = 0    # restored Hub rows left out as bad (logged by "dadc.restore"), for admins
         self.rounds_pushed = []
 
     def __repr__(self):
@@ -150,17 +153,20 @@ class HubSync:
             rounds_pending = [d.name for d, _ in self._rounds]
         return {"repo": self.repo_id, "model_repo": self.model_repo, "connected": self.scheduler is not None,
                 "last_push": self.log.last_push, "pending": self.pending(), "rounds_pending": rounds_pending,
-                "last_error": self.log.last_error}
+                "last_error": self.log.last_error, "problem": self.log.last_problem}
 
     # --- restore -------------------------------------------------------------------------------
 
     def restore(self):
         """Bring back the flags of every replica folder this store lacks, and the rounds, from the
         Hub. Failures are recorded in status() and do not raise: the app goes on locally, and
-        start() retries until it works. Returns {"examples": n, "rounds": [names]}."""
+        start() retries until it works. Returns {"examples": n, "rounds": [names]}; bad Hub rows
+        skipped on the way add up in self.skipped_rows."""
         out, ok = {"examples": 0, "rounds": []}, True
         try:
-            out["examples"] = hub_restore.restore_flags(self.api, self.repo_id, self.store)
+            filled = hub_restore.restore_flags(self.api, self.repo_id, self.store)
+            out["examples"] = filled.added
+            self.skipped_rows += filled.skipped_rows
         except Exception as e:
             ok = False
             self.log.fail(e, "restoring flags from the Hub", "The app goes on with the local store.")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
 MAX_SIDE = 1024              # canvases larger than this are box-reduced first (bounded memory and time)
-MAX_PIXELS = 25_000_000      # larger images are refused before decoding (a 20000x20000 PNG is 400 Mpx)
+MAX_INPUT_SIDE = 4096        # larger images are refused before decoding (a 20000x20000 PNG is 400 Mpx)
 INK = 40                     # 0-255: ink weaker than this is noise (anti-aliasing, JPEG, paper)
 MOSTLY_INK = 0.85            # more ink than this fraction of the canvas is not a digit
 HI = 80                      # the digit is fitted at 4x MNIST's 20 px, its stroke evened out, then shrunk
@@ -33,8 +33,8 @@ class CanvasError(ValueError):
 
 
 def check_size(width, height):
-    if width * height > MAX_PIXELS:
-        raise CanvasError(f"image too large ({width}x{height}): at most {MAX_PIXELS // 1_000_000} megapixels")
+    if max(width, height) > MAX_INPUT_SIDE:
+        raise CanvasError(f"image too large ({width}x{height}): at most {MAX_INPUT_SIDE} px a side")
 
 
 def as_image(value):

@@ -3,6 +3,11 @@ in, one thread fine-tunes the serving round on an MNIST sample plus the human ex
 adversarial training, measures it against the serving round on the same data (gate.py), and, if it
 passes, saves it as the next round (Registry.promote) and swaps it into the Predictor. Every
 attempt, passed or not, is recorded in the history with its reasons. Requests never wait for it.
+
+Never two rounds on one home at once: a round holds DADC_HOME/rounds/.train.lock (TRAIN_LOCK), the
+app's background rounds and `python -m dadc retrain` alike. A background round that finds it held
+records nothing and tries again BUSY_RETRY_S later; a round recorded by another process (its
+"claimed" count) is read back before the next start, so its examples do not start a round again.
 """
 import os
 import threading
@@ -11,10 +16,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import config
+from . import config, files
 from .config import RoundConfig
 from .examples import eligible
 from .gate import gate, measure
+
+
+TRAIN_LOCK = ".train.lock"  # under DADC_HOME/rounds: held by whoever trains a round on this home
+BUSY_RETRY_S = 30.0         # a background round that found the lock held tries again this much later
 
 
 @dataclass(frozen=True)
@@ -60,23 +69,30 @@ class RetrainJob:
     examples have arrived since the last round started. Flags that arrive while it runs are counted,
     and start the next round as soon as this one ends: no trigger is lost, none runs twice."""
 
-    def __init__(self, registry, predictor, store, threshold, cfg=None, mnist=None, on_promote=None):
+    def __init__(self, registry, predictor, store, threshold, cfg=None, mnist=None, on_promote=None, on_stage=None):
         self.registry, self.predictor, self.store = registry, predictor, store
         self.threshold = int(threshold)
         self.cfg = cfg or RoundConfig.from_env()
         self.mnist = mnist            # () -> verified MNIST arrays (data.fetch); loaded on the first round
         self.on_promote = on_promote  # (round dir, counts) -> None, e.g. HubSync.push_round
+        self.on_stage = on_stage      # (Status) -> None at each stage of a round, e.g. the CLI's progress bar
+        self.retry_after = BUSY_RETRY_S
+        self._not_before = 0.0        # time.monotonic() before which no background round starts (lock busy)
+        self._unclaimed = 0
         self._lock = threading.Lock()
         self._thread = None
         self._idle = threading.Event()
         self._idle.set()
-        attempts = [h for h in registry.history() if "claimed" in h]
-        self._claimed = attempts[-1]["claimed"] if attempts else 0  # eligible examples already used
+        self._claimed = self._claimed_on_record()  # eligible examples already used
         self._eligible = len(eligible(store.examples(), self.cfg))
         self.status = Status()
         self.started = 0  # rounds started by this process
 
     # --- triggering ---
+
+    def _claimed_on_record(self):
+        attempts = [h for h in self.registry.history() if "claimed" in h]
+        return attempts[-1]["claimed"] if attempts else 0
 
     def recount(self):
         """Count the eligible examples in the store again (after a restore brought some in)."""
@@ -110,10 +126,15 @@ class RetrainJob:
             return True
 
     def _maybe_start(self):  # lock held
-        if self._thread is None and self._eligible - self._claimed >= self.threshold:
-            self._launch()
+        if self._thread is None and self._eligible - self._claimed >= self.threshold \
+                and time.monotonic() >= self._not_before:
+            # another process (python -m dadc retrain) may have trained on some of them meanwhile
+            self._claimed = max(self._claimed, self._claimed_on_record())
+            if self._eligible - self._claimed >= self.threshold:
+                self._launch()
 
     def _launch(self):  # lock held
+        self._unclaimed = self._claimed
         self._claimed = self._eligible
         self._idle.clear()
         self.started += 1
@@ -122,8 +143,12 @@ class RetrainJob:
         self._thread.start()
 
     def _run(self, claimed):
+        busy = False
         try:
-            self.run_round(claimed)
+            with files.try_locked(self.registry.root / TRAIN_LOCK) as held:
+                busy = held is None
+                if not busy:
+                    self.run_round(claimed)
         except Exception as e:  # record it; serving goes on with the current round
             self.registry.record({"event": "attempt", "claimed": claimed, "passed": False,
                                   "reasons": [f"the round failed: {type(e).__name__}: {e}"]})
@@ -131,7 +156,15 @@ class RetrainJob:
         finally:
             with self._lock:
                 self._thread = None
-                self._maybe_start()  # what came in meanwhile
+                if busy:  # a round is training in another process: nothing recorded, the examples unclaimed
+                    self._claimed, self.started = self._unclaimed, self.started - 1
+                    self._not_before = time.monotonic() + self.retry_after
+                    self.status = Status("idle", "waiting: a round is training in another process on this home")
+                    retry = threading.Timer(self.retry_after, self.start)
+                    retry.daemon = True
+                    retry.start()
+                else:
+                    self._maybe_start()  # what came in meanwhile
                 if self._thread is None:
                     self._idle.set()
 
@@ -147,6 +180,8 @@ class RetrainJob:
 
     def _stage(self, stage, done=0, total=0):
         self.status = Status("running", stage, done, total)
+        if self.on_stage:
+            self.on_stage(self.status)
 
     def run_round(self, claimed):
         """One round, in the calling thread: data, fine-tune, gate, promote or not, record. Returns

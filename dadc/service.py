@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from . import data, files, preprocess
 from .checkpoint import CheckpointError
 from .config import RoundConfig
-from .examples import eligible, round_number
+from .examples import round_number
 from .registry import ROUND0, Predictor, Registry
 from .retrain import RetrainJob
 from .store import FlagStore, StoreError
@@ -30,6 +31,23 @@ MAX_SESSIONS = 10_000  # open drawings and rate-limit windows remembered (bounde
 
 class StudioError(Exception):
     """A request that cannot be done, with a message for the person who asked."""
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who asks. `id` keys the limits, the votes and the store's `session` column: the HF username
+    when logged in, else an id the server derived from the client's address (never one the client
+    chose). A plain string stands for an anonymous visitor with that id."""
+    id: str
+    username: str | None = None  # set only by a Hugging Face OAuth login
+
+    @property
+    def anonymous(self):
+        return self.username is None
+
+
+def visitor(who):
+    return who if isinstance(who, Visitor) else Visitor(str(who))
 
 
 def check_digit(digit):
@@ -63,7 +81,10 @@ class Studio:
                               mnist=mnist or (lambda: data.fetch(settings.home, log=lambda m: None)),
                               on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
-        self.flag_limit = RateLimit(settings.flag_limit, per=60.0)
+        self.flag_limit = RateLimit(settings.flag_limit, per=60.0)         # per identity
+        self.anonymous_budget = RateLimit(settings.flag_budget, per=3600.0)  # all anonymous visitors together
+        self._lock = threading.Lock()
+        self._stored = self.store.count()  # for the store's hard cap (DADC_MAX_FLAGS), counted from here on
 
     def start(self):
         if self.sync is not None:
@@ -71,6 +92,8 @@ class Studio:
             if got["rounds"]:
                 self.predictor.swap(self.registry.current())
             self.job.recount()
+            with self._lock:
+                self._stored = self.store.count()
             self.sync.start()
         self.job.start()  # flags stored before a restart may already be due
         return self
@@ -95,29 +118,45 @@ class Studio:
 
     # --- flag ---
 
-    def flag(self, canvas, digit, session):
+    def flag(self, canvas, digit, who):
         """Store one flagged example; the receipt says whether it fooled the model."""
+        who = visitor(who)
         digit = check_digit(digit)
         try:
             x = preprocess.to_mnist(canvas)
         except preprocess.CanvasError as e:
             raise StudioError(f"Nothing stored: {e}.") from None
-        wait = self.flag_limit.take(session)  # counts flags that would be stored, not refused ones
-        if wait:
-            raise StudioError(f"Nothing stored: too many flags from this session (at most {self.flag_limit.n} "
-                              f"a minute). Try again in {math.ceil(wait)} s.")
+        self._admit_flag(who)
         name, p = self.predictor.probs(x)
         prediction = int(p.argmax())
         try:
             id_ = self.store.append(x, digit, canvas=keepable(preprocess.pick(canvas)), prediction=prediction,
-                                    confidences=[float(v) for v in p], round=round_number(name), session=session)
+                                    confidences=[float(v) for v in p], round=round_number(name), session=who.id)
         except StoreError as e:
+            with self._lock:
+                self._stored -= 1
             raise StudioError(str(e)) from None
-        self.attempts.close(session)
+        self.attempts.close(who.id)
         if not self.cfg.verified_only:
             self.job.notify()
         return {"id": id_, "saved": True, "label": digit, "prediction": prediction, "fooled": prediction != digit,
                 "round": name, "message": self._receipt(name, digit, prediction, p[prediction])}
+
+    def _admit_flag(self, who):
+        """Refuse a flag over the limits (before anything is written), else reserve its place in
+        the store's cap. Only flags that would be stored count against the limits."""
+        wait = self.flag_limit.take(who.id)
+        if wait:
+            raise StudioError(f"Nothing stored: too many flags from this session (at most {self.flag_limit.n} "
+                              f"a minute). Try again in {math.ceil(wait)} s.")
+        if who.anonymous and self.anonymous_budget.take("anonymous"):
+            raise StudioError("Nothing stored: anonymous visitors have used this hour's flags: log in to keep "
+                              "flagging.")
+        with self._lock:
+            if self._stored >= self.settings.max_flags:
+                raise StudioError(f"Nothing stored: the collection is full ({self.settings.max_flags} examples); "
+                                  "the Space's owner has been asked to make room.")
+            self._stored += 1
 
     def _receipt(self, name, digit, prediction, confidence):
         _, more = self.job.pending()
@@ -132,27 +171,32 @@ class Studio:
 
     # --- verify ---
 
-    def next_to_verify(self, session):
-        """Someone else's example this session has not judged yet, fewest votes first; None if none."""
-        voted = {v.id for v in self.store.validations() if v.session == session}
-        rows = [e for e in self.store.examples() if e.session != session and e.id not in voted]
+    def next_to_verify(self, who):
+        """Someone else's example this visitor has not judged yet, fewest votes first; None if none."""
+        who = visitor(who)
+        voted = {v.id for v in self.store.validations() if v.session == who.id}
+        rows = [e for e in self.store.examples() if e.session != who.id and e.id not in voted]
         if not rows:
             return None
         fewest = min(e.agree + e.disagree for e in rows)
         e = random.choice([e for e in rows if e.agree + e.disagree == fewest])
         return {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
 
-    def verify(self, id_, agree, session):
+    def verify(self, id_, agree, who):
+        """One vote per visitor and example (a later one replaces theirs), never on one's own."""
+        who = visitor(who)
+        if self.settings.vote_login and who.anonymous:
+            raise StudioError("Log in with Hugging Face to vote.")
         example = self.store.find(id_)
         if example is None:
-            raise StudioError(f"No flagged example with id {id_!r}.")
-        if example.session == session:
+            raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
+        if example.session == who.id:
             raise StudioError("You cannot verify your own example.")
         if not isinstance(agree, bool):
             raise StudioError(f"agree must be true or false, got {agree!r}.")
         was = example.verified(self.cfg.votes)
         try:
-            self.store.validate(id_, session, agree)
+            self.store.validate(id_, who.id, agree)
         except (StoreError, ValueError) as e:
             raise StudioError(str(e)) from None
         example = self.store.find(id_)
@@ -163,7 +207,18 @@ class Studio:
 
     # --- rounds ---
 
-    def rollback(self, name):
+    def is_admin(self, who):
+        who = visitor(who)
+        return who.username is not None and who.username in self.settings.admins
+
+    def _require_admin(self, who, what):
+        # checked here, in the handler's path, so it holds however the event is called (API name,
+        # queue index, a hidden button): hiding a control is not a permission check
+        if not self.is_admin(who):
+            raise StudioError(f"Only an admin may {what} (log in with a Hugging Face account named in DADC_ADMINS).")
+
+    def rollback(self, name, who=None):
+        self._require_admin(who, "roll back the served round")
         if self.job.running:
             raise StudioError("A round is training: roll back when it has finished.")
         try:
@@ -173,73 +228,17 @@ class Studio:
             raise StudioError(str(e)) from None
         return {"serving": name}
 
-    def retrain_now(self):
+    def retrain_now(self, who=None):
+        self._require_admin(who, "start a retraining round")
         return "Retraining started." if self.job.run_now() else "A round is already training."
 
     # --- dashboard ---
 
-    def dashboard(self):
-        """The dashboard's numbers: plain values, laid out by the page."""
-        rows = self.store.examples()
-        verified = [e for e in rows if e.verified(self.cfg.votes)]
-        per_digit = Counter((e.label, "collected") for e in rows) + Counter((e.label, "verified") for e in verified)
-        attempts = self.attempts.counts()
-        fooled = Counter(e.round for e in rows if e.fooled)
-        fooled_verified = Counter(e.round for e in verified if e.fooled)
-        names = self.registry.names()
-        mer, acc = [], []
-        for name in names:
-            n = round_number(name)
-            if attempts.get(n):
-                mer.append({"round": n, "kind": "MER (fooled / attempts)", "rate": fooled[n] / attempts[n]})
-                mer.append({"round": n, "kind": "verified MER", "rate": fooled_verified[n] / attempts[n]})
-            m = self.registry.metrics(name)
-            for key, label in (("clean_acc", "clean"), ("robust_acc", "PGD robust"), ("human_acc", "human hold-out")):
-                if isinstance(m.get(key), (int, float)):
-                    acc.append({"round": n, "metric": label, "accuracy": m[key]})
-        return {"status": self._status(len(rows), len(eligible(rows, self.cfg))),
-                "digits": [{"digit": str(d), "kind": k, "examples": per_digit[(d, k)]}
-                           for d in range(10) for k in ("collected", "verified")],
-                "mer": mer, "accuracy": acc, "history": self._history(),
-                "gallery": [(str(e.canvas_path), f"{e.label}, not {e.prediction} (round {e.round})")
-                            for e in rows if e.fooled][-12:][::-1],
-                "rounds": names, "serving": self.predictor.round, "running": self.job.running}
+    def dashboard(self, who=None):
+        """The dashboard's numbers (dashboard.py); repo ids and error texts only for admins."""
+        from . import dashboard
 
-    def _status(self, collected, usable):
-        new, more = self.job.pending()
-        st = self.job.status
-        lines = [f"Serving {self.predictor.round} · {collected} examples collected "
-                 f"({usable} usable{' — verified only' if self.cfg.verified_only else ''}) · "
-                 f"{new} new, {more} more start the next round (threshold {self.job.threshold})"]
-        if st.state == "running":
-            lines.append(f"Retraining: {st.stage}" + (f" {st.done}/{st.total} steps" if st.total else ""))
-        elif st.stage:
-            lines.append(f"Last round: {st.stage}")
-        if self.sync is not None:
-            s = self.sync.status()
-            lines.append(f"Hub: {s['repo']} · last push {s['last_push'] or 'not yet'} · {s['pending']} pending"
-                         + (f" · {s['last_error']}" if s["last_error"] else ""))
-        else:
-            lines.append("Hub: not configured (HF_TOKEN and DADC_DATASET_REPO): flags are kept locally")
-        return "\n\n".join(lines)
-
-    def _history(self):
-        """Every attempt and rollback, newest first, as table rows."""
-        out = []
-        for h in reversed(self.registry.history()):
-            if h.get("event") == "attempt":
-                c = h.get("candidate", {})
-                out.append([h["time"], f"attempt {h.get('attempt', '?')} on {h.get('base', '?')}",
-                            f"promoted {h['round']}" if h.get("passed") else "rejected",
-                            "; ".join(h.get("reasons", [])) or "passed the gate",
-                            _pct(c.get("clean_acc")), _pct(c.get("robust_acc")), h.get("seconds")])
-            elif h.get("event") == "rollback":
-                out.append([h["time"], "rollback", f"{h['from']} -> {h['to']}", h.get("why", ""), "", "", ""])
-        return out
-
-
-def _pct(v):
-    return f"{v:.2%}" if isinstance(v, (int, float)) else ""
+        return dashboard.numbers(self, self.is_admin(who))
 
 
 class Attempts:

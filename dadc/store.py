@@ -26,6 +26,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import files
+from . import files, hub_rows
+from .hub_rows import MAX_SESSION, ROWS, VOTES, Filled
 from .examples import Example, Vote
 
 # Shown on the Hub and read by `datasets`: only images and metadata.jsonl are data files, so the
@@ -62,10 +64,8 @@ Columns: `image` (28x28, white digit on black, as MNIST), `canvas` (the original
 """
 
 FIELDS = ("file_name", "canvas_file_name", "label", "prediction", "confidences", "round", "time", "session", "id")
-ROWS, VOTES = "metadata.jsonl", "votes.jsonl"
-MAX_SESSION = 200
 REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a replica folder name from outside is used only if plain
-IMAGE_NAME = re.compile(r"[0-9a-f]{1,64}(-canvas)?\.png")
+
 
 
 class StoreError(RuntimeError):
@@ -332,27 +332,55 @@ class FlagStore:
         rows = self.root / "data" / str(name) / ROWS
         return bool(REPLICA_NAME.fullmatch(str(name))) and (not rows.is_file() or rows.stat().st_size == 0)
 
-    def fill_replica(self, src):
-        """Adopt a replica folder downloaded from the Hub (src = .../data/<replica>/), if this store
-        lacks it: its images first, then the rows that name them, under the appenders' lock.
-        Local rows are never merged with or overwritten. Returns the number of examples added."""
-        src = Path(src)
-        if not (src.is_dir() and self.lacks_replica(src.name)):
-            return 0
-        dest = self.root / "data" / src.name
-        (dest / "images").mkdir(parents=True, exist_ok=True)
-        for img in (src / "images").glob("*.png") if (src / "images").is_dir() else []:
-            if IMAGE_NAME.fullmatch(img.name) and not img.is_symlink() and not (dest / "images" / img.name).exists():
-                os.replace(img, dest / "images" / img.name)
+
+# --- adopting replicas restored from the Hub (module functions: the class stays the store itself) ---
+
+def fill_replica(store, *srcs):
+    """Adopt replica folders downloaded from the Hub (each .../data/<replica>/) that the store
+    lacks. Their rows are untrusted input: each one is checked (hub_rows.py) and only good
+    ones are written, as canonical JSON of our own, after the images they name are moved in.
+    Every folder's rows come first, then the votes, kept only when they name a row the store
+    then has (a vote lives in the voter's replica; the flag it judges may be in another).
+    Bad rows are skipped, logged one line each (logger "dadc.restore") and counted by reason.
+    Local rows are never merged with or overwritten."""
+    skipped = Counter()
+    filled = {src: _fill_rows(store, src, skipped) for src in map(Path, srcs)}
+    filled = {src: n for src, n in filled.items() if n is not None}
+    known = _row_ids(store)
+    votes = sum(_fill_votes(store, src, known, skipped) for src in filled)
+    return Filled(added=sum(filled.values()), votes=votes, skipped=dict(skipped))
+
+def _fill_rows(store, src, skipped):
+    """Write the good rows of one folder and move in their images; the number written, or None
+    if the store does not lack this replica (then nothing is touched)."""
+    if not (src.is_dir() and not src.is_symlink() and store.lacks_replica(src.name)):
+        return None
+    dest = store.root / "data" / src.name
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    with files.locked(dest / ROWS) as fd:
+        if os.fstat(fd).st_size:  # another process on this home filled it meanwhile
+            return None
+        rows = hub_rows.good_rows(src, _row_ids(store), skipped)
+        for row in rows:  # images first: a row never names a missing file
+            for name in {row["file_name"], row["canvas_file_name"]}:
+                os.replace(src / name, dest / name)
         files.fsync_dir(dest / "images")
-        for name in (ROWS, VOTES):
-            if (src / name).is_file() and not (src / name).is_symlink():
-                with files.locked(dest / name) as fd:
-                    if os.fstat(fd).st_size == 0:
-                        files.write_all(fd, (src / name).read_bytes())
-                        files.repair_tail(fd)  # a pushed file ends on a whole line, but do not trust it
-                        os.fsync(fd)
-        return len(files.read_jsonl(dest / ROWS))
+        hub_rows.write_rows(fd, rows)
+    return len(rows)
+
+def _fill_votes(store, src, known, skipped):
+    """Write the good votes of one filled folder, unless its votes file has some already."""
+    votes = hub_rows.good_votes(src, known, skipped)
+    with files.locked(store.root / "data" / src.name / VOTES) as fd:
+        if os.fstat(fd).st_size:
+            return 0
+        hub_rows.write_rows(fd, votes)
+    return len(votes)
+
+def _row_ids(store):
+    """The ids of every row in the store, all replicas."""
+    rows = (r for d in store.replica_dirs() for r in files.read_jsonl(d / ROWS))
+    return {r["id"] for r in rows if isinstance(r.get("id"), str)}
 
 
 def human_tensors(home, drop_disputed=True):

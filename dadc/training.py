@@ -123,13 +123,7 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
                     xb = torch.cat([xb[:k], _attack(net, xb[k:], yb[k:], eps, alpha, cfg)])
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle(step, total, cfg.lr, cfg.warmup)
-            with autocast:
-                logits = net(xb)  # clean and adversarial together, train mode
-            losses = F.cross_entropy(logits.float(), yb, reduction="none")
-            loss = (losses * wb).sum() / wb.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, losses = _update(net, optimizer, xb, yb, wb, autocast)
 
             with torch.no_grad():  # stays on the device: no sync until the next progress update
                 wrong = (logits.argmax(1) != yb).float()
@@ -149,6 +143,19 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
     bar.close()
     model.eval()
     return history
+
+
+def _update(net, optimizer, x, y, w, autocast):
+    """One optimizer step on a batch, clean and adversarial together in train mode (so batch norm
+    sees both); the loss is the weighted mean. Returns the logits and per-example losses."""
+    with autocast:
+        logits = net(x)
+    losses = F.cross_entropy(logits.float(), y, reduction="none")
+    loss = (losses * w).sum() / w.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, losses
 
 
 def _attack(net, x, y, eps, alpha, cfg):

@@ -8,16 +8,16 @@ API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketch
 """
 import atexit
 import functools
-import hashlib
+import html
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from . import config, preprocess
+from . import config, guard, preprocess
 from .components import Canvas, Digit
 from .registry import ROUND0
-from .service import Studio, StudioError
+from .service import Studio, StudioError, Visitor
 
 CANVAS = 448  # canvas pixels: big enough for a finger, small enough to send and read fast
 
@@ -38,13 +38,32 @@ def shown(fn):
     return wrapper
 
 
-def session_of(request, profile=None):
-    """The HF username when logged in with OAuth on a Space, else an anonymous id for this browser
-    session (a hash of Gradio's random session hash: nothing that identifies a person)."""
-    if profile is not None and getattr(profile, "username", None):
-        return str(profile.username)
-    raw = getattr(request, "session_hash", None) or "api"
-    return "anon-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
+def identify(settings):
+    """who(request, profile) -> Visitor: the HF username when logged in with OAuth, else an id the
+    server derives from the client's address (guard.client_identity: salted with a per-home secret,
+    X-Forwarded-For trusted only for DADC_TRUSTED_PROXY_HOPS proxies). Never the session hash or
+    anything else the client picks: a new session must not be a new person."""
+    secret = guard.home_secret(settings.home / "identity.key")
+
+    def who(request, profile=None):
+        if profile is not None and getattr(profile, "username", None):
+            return Visitor(str(profile.username), username=str(profile.username))
+        return Visitor(guard.client_identity(request, secret, settings.proxy_hops))
+    return who
+
+
+def privacy_notice(settings):
+    where = "a Hugging Face dataset" if settings.hub_enabled else "this app's local store"
+    return ("*What is kept when you flag:* your drawing, the digit you give and the model's answer, with your "
+            "Hugging Face username if you are logged in, otherwise an anonymous id derived from your network "
+            f"address (it cannot be turned back into the address). Flags are stored in {where} and may be "
+            "published under CC BY 4.0. Nothing is kept while you only draw.")
+
+
+def md(text):
+    """Text from people or the Hub, safe inside Markdown/HTML (no links, images or markup)."""
+    return html.escape(str(text)).replace("*", "&#42;").replace("_", "&#95;").replace("[", "&#91;") \
+        .replace("`", "&#96;").replace("#", "&#35;")
 
 
 def seen_image(x):
@@ -61,6 +80,7 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
             sync = lambda store, registry: HubSync.from_settings(settings, store, registry)  # noqa: E731
         studio = Studio(settings, seed, round_cfg, sync=sync, mnist=mnist).start()
         atexit.register(studio.stop)  # one last push when the app stops
+    who = identify(studio.settings)
 
     # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk)
     with gr.Blocks(title="DADC studio", delete_cache=(3600, 3600)) as demo:
@@ -70,15 +90,15 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
             gr.LoginButton()  # flags are then credited to your HF username
         with gr.Tabs():
             with gr.Tab("Draw"):
-                draw_tab(studio)
+                draw_tab(studio, who)
             with gr.Tab("Verify"):
-                verify_tab(studio)
+                verify_tab(studio, who)
             with gr.Tab("Dashboard") as tab:
-                dashboard_tab(studio, tab)
+                dashboard_tab(studio, who, tab)
     return demo
 
 
-def draw_tab(studio):
+def draw_tab(studio, who):
     with gr.Row():
         with gr.Column(scale=3):
             canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
@@ -94,25 +114,26 @@ def draw_tab(studio):
             digit = Digit([(str(d), d) for d in range(10)], label="The true digit")
             flag_btn = gr.Button("Flag: the model got it wrong (or was unsure)", variant="stop")
             feedback = gr.Markdown()
+            gr.Markdown(privacy_notice(studio.settings))
             receipt = gr.JSON(visible=False)
     seen_state = gr.State()
 
     def live(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        value, x = studio.predict(canvas_value, session_of(request, profile))
+        value, x = studio.predict(canvas_value, who(request, profile).id)
         return {label: value, seen: seen_image(x)}
 
     canvas.change(live, canvas, [label, seen], api_visibility="private", trigger_mode="always_last",
                   show_progress="hidden", concurrency_limit=None)
 
     def predict(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        return studio.predict(canvas_value, session_of(request, profile))  # (label value, 28x28)
+        return studio.predict(canvas_value, who(request, profile).id)  # (label value, 28x28)
 
     submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_limit=None).then(
         seen_image, seen_state, seen, api_visibility="private", show_progress="hidden")
 
     @shown
     def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        return studio.flag(canvas_value, true_digit, session_of(request, profile))
+        return studio.flag(canvas_value, true_digit, who(request, profile))
 
     def after_flag(r):
         return {feedback: r["message"], digit: None, label: None, seen: None}
@@ -125,7 +146,7 @@ def draw_tab(studio):
     flagged.success(after_flag, receipt, [feedback, digit, label, seen], api_visibility="private")
 
 
-def verify_tab(studio):
+def verify_tab(studio, who):
     gr.Markdown("Check other people's flags (never your own): is the label right?")
     with gr.Row():
         picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[])
@@ -142,11 +163,11 @@ def verify_tab(studio):
     shows = [picture, question, example_id, example_label, result]
 
     def next_example(request: gr.Request, profile: gr.OAuthProfile | None = None):
-        ex = studio.next_to_verify(session_of(request, profile))
+        ex = studio.next_to_verify(who(request, profile))
         if ex is None:
             return {picture: None, question: "Nothing to verify right now: come back later.", example_id: "",
                     example_label: None, result: {}}
-        return {picture: ex["canvas"], question: f"### Is this a **{ex['label']}**?", example_id: ex["id"],
+        return {picture: ex["canvas"], question: f"### Is this a **{md(ex['label'])}**?", example_id: ex["id"],
                 example_label: ex["label"], result: {"id": ex["id"], "label": ex["label"]}}
 
     next_btn.click(next_example, None, shows, api_name="verify_next", concurrency_limit=None)
@@ -156,7 +177,7 @@ def verify_tab(studio):
         def cast(id_, request: gr.Request, profile: gr.OAuthProfile | None = None):
             if not id_:
                 raise StudioError("Press Next first.")
-            r = studio.verify(id_, agree, session_of(request, profile))
+            r = studio.verify(id_, agree, who(request, profile))
             done = " It is now verified." if r["verified"] else ""
             return {result: r, thanks: f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"}
         return cast
@@ -167,12 +188,12 @@ def verify_tab(studio):
 
     @shown
     def verify_api(id_: str, agree: bool, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
-        return studio.verify(id_, agree, session_of(request, profile))
+        return studio.verify(id_, agree, who(request, profile))
 
     gr.api(verify_api, api_name="verify", concurrency_limit=None)
 
 
-def dashboard_tab(studio, tab):
+def dashboard_tab(studio, who, tab):
     status = gr.Markdown()
     with gr.Row():
         per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit", sort="x")
@@ -184,45 +205,52 @@ def dashboard_tab(studio, tab):
         gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260)
     history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
                            label="Every round attempt, and why it passed or failed", wrap=True)
-    with gr.Row():
+    with gr.Row(visible=False) as admin_row:  # shown to admins only; the handlers check it again
         rounds = gr.Dropdown(label="Serve an earlier round", choices=[], allow_custom_value=True)
         rollback_btn = gr.Button("Roll back")
         retrain_btn = gr.Button("Retrain now")
     refresh = gr.Button("Refresh")
     timer = gr.Timer(3.0, active=False)  # ticks while a round trains
-    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer]
+    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer, admin_row]
 
-    def show_dashboard():
-        d = studio.dashboard()
-        return {status: d["status"], per_digit: pd.DataFrame(d["digits"]),
+    def show_dashboard(request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        d = studio.dashboard(who(request, profile) if request is not None else None)
+        return {status: md(d["status"]), per_digit: pd.DataFrame(d["digits"]),
                 mer: pd.DataFrame(d["mer"], columns=["round", "kind", "rate"]),
                 acc: pd.DataFrame(d["accuracy"], columns=["round", "metric", "accuracy"]),
                 gallery: d["gallery"], history: d["history"] or [[""] * 7],
-                rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"])}
+                rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"]),
+                admin_row: gr.Row(visible=d["admin"])}
 
     for trigger in (tab.select, refresh.click):
         trigger(show_dashboard, None, shows, api_visibility="private")
 
-    def tick():
-        d = studio.dashboard()
-        return {status: d["status"], timer: gr.Timer(active=d["running"])}
+    def tick(request: gr.Request, profile: gr.OAuthProfile | None = None):
+        d = studio.dashboard(who(request, profile))
+        return {status: md(d["status"]), timer: gr.Timer(active=d["running"])}
 
     timer.tick(tick, None, [status, timer], api_visibility="private", show_progress="hidden")
 
     @shown
-    def rollback_api(round_name: str) -> dict:
-        """Serve an earlier round (e.g. "round-000") from now on."""
-        return studio.rollback(round_name)
+    def rollback_api(round_name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
+        """Serve an earlier round (e.g. "round-000") from now on. Admins only."""
+        return studio.rollback(round_name, who(request, profile))
 
     gr.api(rollback_api, api_name="rollback")
     rollback_btn.click(rollback_api, rounds, None, api_visibility="private").success(
         show_dashboard, None, shows, api_visibility="private")
-    retrain_btn.click(studio.retrain_now, None, status, api_visibility="private").then(
+
+    @shown
+    def retrain_now(request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return studio.retrain_now(who(request, profile))
+
+    retrain_btn.click(retrain_now, None, status, api_visibility="private").success(
         lambda: gr.Timer(active=True), None, timer, api_visibility="private")
 
 
 def launch(demo, **kwargs):
     """Launch with the settings this app needs: requests run concurrently (a default Gradio app
-    runs one event at a time and serialises every user behind the slowest)."""
+    runs one event at a time and serialises every user behind the slowest), and every upload
+    route is bounded in size (guard.install)."""
     demo.queue(default_concurrency_limit=None, max_size=None)
-    return demo.launch(max_threads=64, **kwargs)
+    return demo.launch(max_threads=64, **guard.install(demo), **kwargs)  # bounded uploads (guard.py)

@@ -28,6 +28,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+_ADDRESSES = iter(f"198.51.{n // 250}.{n % 250 + 1}" for n in range(60_000))  # documentation range
+
+
+def next_address():
+    return next(_ADDRESSES)
+
+
 class App:
     """`python app.py` in a subprocess, on its own DADC_HOME and port; stopped at the end."""
 
@@ -59,8 +66,11 @@ class App:
         else:
             raise AssertionError("the app did not start: " + (self.home / "app.log").read_text())
 
-    def client(self):
-        return Client(self.url, verbose=False)
+    def client(self, address=None):
+        """A visitor: each client comes from its own address unless one is given. The app knows a
+        visitor by address (X-Forwarded-For, which the server trusts from loopback as from a Space's
+        proxy), never by the session id a client picks."""
+        return Client(self.url, verbose=False, headers={"X-Forwarded-For": address or next_address()})
 
     def stop(self):
         self.proc.terminate()
@@ -232,12 +242,13 @@ def test_threshold_promotes_a_round_then_rollback_serves_the_old_one(tmp_path, r
         assert attempt["passed"] and attempt["round"] == "round-001" and attempt["claimed"] == 3
         assert (a.home / "rounds" / "round-001" / "model.safetensors").exists()
         assert flag_n(c, mnist, tmp_path, 1, start=3)[0]["round"] == "round-001"  # hot-swapped, no restart
-        assert c.predict("round-000", api_name="/rollback") == {"serving": "round-000"}
-        assert flag_n(c, mnist, tmp_path, 1, start=4)[0]["round"] == "round-000"
-        assert history(a.home)[-1]["event"] in ("rollback", "attempt")
-        assert any(h["event"] == "rollback" and h["to"] == "round-000" for h in history(a.home))
-        with pytest.raises(AppError, match="no round named"):
-            c.predict("round-042", api_name="/rollback")
+        # rollback is for admins (DADC_ADMINS, logged in): an anonymous call changes nothing
+        for name in ("round-000", "round-042"):
+            with pytest.raises(AppError, match="Only an admin may roll back"):
+                c.predict(name, api_name="/rollback")
+        assert (a.home / "rounds" / "CURRENT").read_text().strip() == "round-001"
+        assert not any(h["event"] == "rollback" for h in history(a.home))
+        assert flag_n(c, mnist, tmp_path, 1, start=4)[0]["round"] == "round-001"
     finally:
         a.stop()
 
@@ -290,6 +301,7 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     home = mnist_into(tmp_path / "home")
     monkeypatch.setenv("DADC_HOME", str(home))
     monkeypatch.setenv("DADC_THRESHOLD", "3")
+    monkeypatch.setenv("DADC_ADMINS", "ada")
     studio = Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
     canvases = [draw(mnist["test_x"][i], rng=np.random.default_rng(i)) for i in range(4)]
     for i, c in enumerate(canvases):  # four drawings: four attempts, three flagged as fooling it
@@ -313,8 +325,16 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     assert len(d["gallery"]) == fooled and all(Path(p).exists() for p, _ in d["gallery"])
     demo = ui.build(None, studio=studio)  # the page's own dashboard event turns it into Gradio values
     fn = next(f.fn for f in demo.fns.values() if f.name == "show_dashboard")
-    status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer = fn().values()
+    status, per_digit, mer_df, acc_df, gallery, history, dropdown, timer, admin_row = fn().values()
     assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
+    # an admin's rollback swaps the served round at once; anyone else's is refused
+    from dadc.service import StudioError, Visitor
+
+    with pytest.raises(StudioError, match="Only an admin"):
+        studio.rollback("round-000", Visitor("mallory", username="mallory"))
+    admin = Visitor("ada", username="ada")
+    assert studio.rollback("round-000", admin) == {"serving": "round-000"} and studio.predictor.round == "round-000"
+    assert studio.dashboard(admin)["admin"] and not studio.dashboard()["admin"]
 
 
 def test_hub_sync_pushes_flags_and_rounds_and_never_shows_the_token(tmp_path, round0, mnist, fake_hub):

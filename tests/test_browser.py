@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from test_app import App, round0, stored  # noqa: F401 (fixture)
+from test_app import App, next_address, round0, stored  # noqa: F401 (fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,7 +44,9 @@ def browser():
 
 def open_page(browser, app):
     """A fresh page (its own browser context: a new Gradio session) on the app, canvas ready."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    # each page is another visitor: the app knows visitors by address (X-Forwarded-For from loopback)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000},
+                                  extra_http_headers={"X-Forwarded-For": next_address()})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT)
     page.goto(app.url)

@@ -136,8 +136,8 @@ def test_all_ink_canvas_gets_a_clear_message(value):
 
 
 def test_huge_canvas_is_read_with_bounded_work():
-    big = Image.new("L", (4800, 4800), 255)
-    big.paste(seven(fmt="L").resize((2000, 2000)), (2700, 2500))
+    big = Image.new("L", (4096, 4096), 255)  # the largest accepted (check_size)
+    big.paste(seven(fmt="L").resize((1700, 1700)), (2300, 2100))
     x = to_mnist(big)
     assert abs(centre_of_mass(x)[0] - 14) <= 0.6 and x.max() == pytest.approx(1.0)
     assert similar(x, to_mnist(seven())) > 0.9
@@ -146,7 +146,9 @@ def test_huge_canvas_is_read_with_bounded_work():
 def test_too_large_image_is_refused_before_decoding():
     with pytest.raises(CanvasError, match="too large"):
         preprocess.check_size(20000, 20000)
-    preprocess.check_size(4000, 4000)
+    with pytest.raises(CanvasError, match="4096 px a side"):
+        preprocess.check_size(4097, 10)
+    preprocess.check_size(4096, 4096)
 
 
 def test_not_an_image():

@@ -1,0 +1,228 @@
+"""Rows of the Hub dataset are untrusted input (issue 11, part 4): a restore from a local fake Hub
+(tests/fake_hub.py, the real huggingface_hub client) whose replica folders hold good rows among
+traversal and absolute paths, missing and oversized images, bad labels, predictions, confidences,
+sessions, duplicate ids and stray votes. Exactly the good rows come back, nothing outside DADC_HOME
+is read, each bad row is logged and counted, and `python -m dadc export` works after it."""
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_hub import Repo
+from PIL import Image
+
+from dadc import hub_restore
+from dadc.hubsync import HubSync
+from dadc.store import FIELDS, FlagStore
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "hf_fake_write_token"  # the one fake_hub accepts
+DATASET = "tester/dadc-flags"
+VOTER, FLAGS = "aaaa00000001", "bbbb00000002"  # replica folders; the voter's is filled first
+
+
+def png(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit(seed):
+    rng = np.random.default_rng(seed)
+    arr = np.zeros((28, 28), np.uint8)
+    arr[4:24, 10:18] = rng.integers(100, 256, (20, 8))
+    return png(Image.fromarray(arr))
+
+
+def hex_id(name):
+    return hashlib.md5(name.encode()).hexdigest()
+
+
+class Replica:
+    """One replica folder of the seeded dataset repo: its metadata and vote lines and its images."""
+
+    def __init__(self, name):
+        self.name, self.rows, self.votes, self.files = name, [], [], {}
+
+    def flag(self, key, canvas=None, image=None, put_images=True, **over):
+        """A row as append() writes it, with its images, then `over` on top (None: key removed)."""
+        id_ = over.get("id", hex_id(key))
+        row = {"file_name": f"images/{id_}.png", "label": 3, "prediction": 5, "confidences": [0.1] * 10,
+               "round": 0, "time": "2024-01-01T00:00:00Z", "session": "alice", "id": id_,
+               "canvas_file_name": f"images/{id_}-canvas.png" if canvas is not None else f"images/{id_}.png"}
+        if put_images:
+            self.put(f"images/{id_}.png", digit(len(self.rows)) if image is None else image)
+        if canvas is not None:
+            self.put(f"images/{id_}-canvas.png", canvas)
+        row.update(over)
+        self.rows.append(json.dumps({k: v for k, v in row.items() if v is not None}).encode())
+        return id_
+
+    def vote(self, id_, session="bob", agree=True, **over):
+        self.votes.append(json.dumps({"id": id_, "session": session, "agree": agree,
+                                      "time": "2024-01-02T00:00:00Z", **over}).encode())
+
+    def put(self, rel, data):
+        self.files[f"data/{self.name}/{rel}"] = data
+
+    def repo_files(self):
+        return {**self.files, f"data/{self.name}/metadata.jsonl": b"\n".join(self.rows) + b"\n",
+                f"data/{self.name}/votes.jsonl": b"\n".join(self.votes) + b"\n"}
+
+
+def seed(hub, *replicas):
+    """Put the replicas' files straight into a private dataset repo of the fake Hub, as one commit."""
+    repo = Repo(DATASET, "dataset", private=True)
+    files = {k: v for r in replicas for k, v in r.repo_files().items()}
+    repo.commits.append((hashlib.sha1(b"seeded").hexdigest(), files))
+    hub.repos[("dataset", DATASET)] = repo
+
+
+def hostile_repo():
+    """(replicas, good ids, bad rows and votes). Each bad row has exactly one fault."""
+    flags, voter = Replica(FLAGS), Replica(VOTER)
+    good = [flags.flag("g1", canvas=png(Image.new("RGBA", (50, 50), (255, 255, 255, 255))), label=7),
+            flags.flag("g2", label=0, prediction=-1, confidences=[0] * 9 + [1], agree=99),  # extra key dropped
+            flags.flag("g3", canvas=png(Image.new("1", (4096, 3))), label=9),  # 4096 a side is allowed
+            voter.flag("a1", label=1)]
+    bad = 0
+    for key, kw in {
+        "traversal": {"file_name": "../../etc/hostname"},
+        "absolute": {"file_name": "/etc/hostname"},
+        "canvas traversal": {"canvas_file_name": "../../../etc/hostname"},
+        "bad id": {"id": "../../etc", "put_images": False},
+        "label 12": {"label": 12},
+        "label str": {"label": "7"},
+        "label bool": {"label": True},
+        "no label": {"label": None},
+        "prediction 42": {"prediction": 42},
+        "9 confidences": {"confidences": [0.1] * 9},
+        "nan confidence": {"confidences": [float("nan")] * 10},
+        "long session": {"session": "s" * 10_000},
+        "round -1": {"round": -1},
+        "time list": {"time": ["2024"]},
+        "duplicate id": {"id": good[0], "label": 2, "put_images": False},
+    }.items():
+        flags.flag(key, **kw)
+        bad += 1
+    flags.flag("canvas 8000x8000", canvas=png(Image.new("1", (8000, 8000))))  # a few KiB on the wire
+    flags.flag("30x30", image=png(Image.new("L", (30, 30))))
+    flags.flag("20x20", image=png(Image.new("L", (20, 20))))
+    flags.flag("not a png", image=b"GIF89a hello")
+    missing = flags.flag("missing image")
+    del flags.files[f"data/{FLAGS}/images/{missing}.png"]
+    flags.rows += [b"{not json", b"[1, 2, 3]"]
+    bad += 7
+    flags.vote(good[0], "bob", True)
+    voter.vote(good[0], "carol", False)  # a vote in the voter's replica on a flag in another
+    flags.vote(hex_id("nobody"))          # a vote naming an unknown id
+    flags.vote(hex_id("traversal"))       # ... or a row that was skipped
+    flags.vote(good[1], agree="yes")
+    flags.vote(good[1], session="s" * 10_000)
+    bad += 4
+    return (flags, voter), good, bad
+
+
+def export(home, out):
+    env = dict(os.environ, DADC_HOME=str(home), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    env.pop("DADC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "dadc", "export", str(out)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+def test_a_hostile_hub_restores_exactly_its_good_rows(tmp_path, fake_hub, caplog):
+    import datasets
+
+    replicas, good, bad = hostile_repo()
+    seed(fake_hub, *replicas)
+    home = tmp_path / "home"
+    store = FlagStore(home)
+    sync = HubSync(store, DATASET, TOKEN)
+    caplog.set_level(logging.WARNING, logger="dadc.restore")
+
+    assert sync.restore() == {"examples": len(good), "rounds": []}
+    assert sync.status()["last_error"] is None
+    assert sync.skipped_rows == bad
+    assert len([r for r in caplog.records if r.name == "dadc.restore"]) == bad  # one line per skipped row
+
+    examples = {e.id: e for e in store.examples()}
+    assert set(examples) == set(good)
+    assert [examples[i].label for i in good] == [7, 0, 9, 1]
+    assert (examples[good[0]].agree, examples[good[0]].disagree) == (1, 1)  # the cross-replica vote is kept
+    assert {v.id for v in store.validations()} == {good[0]}
+    # nothing outside DADC_HOME is named or read; no link anywhere in the store
+    inside = home.resolve()
+    for e in examples.values():
+        assert Path(e.path).resolve().is_relative_to(inside) and Path(e.canvas_path).resolve().is_relative_to(inside)
+    assert not [p for p in (home / "flags").rglob("*") if p.is_symlink()]
+    # only the images of kept rows came in, and the rows are ours: canonical, no extra key
+    for name in (FLAGS, VOTER):
+        folder = home / "flags" / "data" / name
+        rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+        assert all(tuple(r) == FIELDS for r in rows)
+        names = {r[k].removeprefix("images/") for r in rows for k in ("file_name", "canvas_file_name")}
+        assert {p.name for p in (folder / "images").iterdir()} == names
+    assert list((home / "flags" / "tmp").iterdir()) == []
+    # a round can use them (28x28 each)
+    x, y = store.tensors(list(examples.values()))
+    assert tuple(x.shape) == (len(good), 1, 28, 28) and sorted(y.tolist()) == [0, 1, 7, 9]
+
+    res = export(home, tmp_path / "out")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ds = datasets.load_dataset(str(tmp_path / "out"))
+    got = {r["id"]: r for split in ds.values() for r in split}
+    assert set(got) == set(good)
+    assert all(r["image"].size == (28, 28) for r in got.values())
+
+    # restoring again: nothing is missing, nothing is added or counted twice
+    assert sync.restore() == {"examples": 0, "rounds": []} and sync.skipped_rows == bad
+
+
+def test_skipped_rows_are_counted_by_reason(tmp_path, fake_hub):
+    from huggingface_hub import HfApi
+
+    replicas, good, bad = hostile_repo()
+    seed(fake_hub, *replicas)
+    filled = hub_restore.restore_flags(HfApi(token=TOKEN), DATASET, FlagStore(tmp_path))
+    assert (filled.added, filled.votes) == (len(good), 2)
+    assert filled.skipped == {
+        "bad file_name": 2, "bad canvas_file_name": 1, "bad id": 1, "bad label": 4, "bad prediction": 1,
+        "bad confidences": 2, "bad session": 1, "bad round": 1, "bad time": 1, "duplicate id": 1,
+        "canvas over 4096 px": 1, "image over 28 px": 1, "image not 28x28": 1, "image unreadable": 1,
+        "image missing": 1, "not JSON": 1, "not a JSON object": 1,
+        "vote: unknown id": 2, "vote: bad agree": 1, "vote: bad session": 1}
+    assert filled.skipped_rows == bad
+
+
+def test_a_row_with_an_id_the_home_already_has_is_skipped(tmp_path, fake_hub):
+    store = FlagStore(tmp_path / "home")
+    mine = store.append(Image.open(io.BytesIO(digit(1))), 4, session="me")
+    hub = Replica(FLAGS)
+    hub.flag("dup", id=mine, label=8, session="mallory")  # its image too: only the row is refused
+    other = hub.flag("fresh")
+    seed(fake_hub, hub)
+    sync = HubSync(store, DATASET, TOKEN)
+    assert sync.restore()["examples"] == 1 and sync.skipped_rows == 1
+    by_id = {e.id: e for e in store.examples()}
+    assert set(by_id) == {mine, other}
+    assert (by_id[mine].label, by_id[mine].session) == (4, "me")  # the local row stands
+
+
+@pytest.mark.parametrize("all_bad", [True, False])
+def test_a_folder_of_only_bad_rows_adds_nothing_and_never_raises(tmp_path, fake_hub, all_bad):
+    hub = Replica(FLAGS)
+    hub.flag("b", label=12)
+    if not all_bad:
+        hub.flag("g")
+    seed(fake_hub, hub)
+    store = FlagStore(tmp_path / "home")
+    sync = HubSync(store, DATASET, TOKEN)
+    assert sync.restore() == {"examples": 0 if all_bad else 1, "rounds": []}
+    assert sync.skipped_rows == 1 and sync.status()["last_error"] is None
+    assert store.count() == (0 if all_bad else 1)
