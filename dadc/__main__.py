@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval, export, simulate, rollback, retrain} ... (see README).
+"""Command line: python -m dadc {data, train, eval, export, import, simulate, rollback, retrain} ... (see README).
 
 Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
@@ -107,6 +107,14 @@ def cmd_export(args, settings):
     counts = export_dataset(settings.home, args.out)
     print(f"exported {sum(counts.values())} flagged examples to {args.out} "
           f"(train {counts['train']}, validation {counts['validation']}; parquet, loads with datasets.load_dataset)")
+
+
+def cmd_import(args, settings):
+    """Drawings (PNGs + labels.csv) or another campaign's parquet export into this home's store,
+    refused while an app serves the home; last stdout line JSON (see dadc/importer.py)."""
+    from .importer import run
+
+    print(json.dumps(run(args.source, settings.home, max_flags=settings.max_flags)))
 
 
 def cmd_rollback(args, settings):
@@ -249,6 +257,11 @@ def parser():
     x = sub.add_parser("export", help="write the flagged examples as a parquet dataset (train/validation)")
     x.add_argument("out", help="folder to write (must not exist, or be empty)")
     x.set_defaults(run=cmd_export)
+
+    i = sub.add_parser("import", help="add drawings (PNGs + labels.csv) or a parquet export of another campaign "
+                                      "to the flagged examples (duplicates and bad rows skipped)")
+    i.add_argument("source", help="a folder with labels.csv (file,label), or an export folder / .parquet file")
+    i.set_defaults(run=cmd_import)
 
     from . import simulate
     s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import files
 from .nets import build
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -41,6 +42,7 @@ def save(model, directory, config: dict, metrics: dict) -> Path:
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
+        files.fsync_dir(directory.parent)  # the rename survives a power cut
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -13,7 +13,8 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)  # never printed
     dataset_repo: str | None = None  # DADC_DATASET_REPO: flags are pushed here
     model_repo: str | None = None    # DADC_MODEL_REPO: promoted rounds are pushed here
-    push_every: float = 5.0          # DADC_PUSH_EVERY, minutes
+    push_every: float = 5.0          # DADC_PUSH_EVERY, minutes between scheduled pushes
+    push_delay: float = 30.0         # DADC_PUSH_DELAY, seconds: a flag reaches the Hub this soon (batched)
     threshold: int = 10              # DADC_THRESHOLD: new examples that start a retraining round
     flag_limit: int = 30             # DADC_FLAG_LIMIT: flags a minute from one identity (a flood is refused)
     flag_budget: int = 600           # DADC_FLAG_BUDGET: flags an hour from all anonymous visitors together
@@ -78,6 +79,7 @@ def from_env() -> Settings:
         dataset_repo=os.environ.get("DADC_DATASET_REPO") or None,
         model_repo=os.environ.get("DADC_MODEL_REPO") or None,
         push_every=_number("DADC_PUSH_EVERY", 5.0, float),
+        push_delay=_number("DADC_PUSH_DELAY", 30.0, float),
         threshold=_number("DADC_THRESHOLD", 10, int),
         flag_limit=_number("DADC_FLAG_LIMIT", 30, int),
         flag_budget=_number("DADC_FLAG_BUDGET", 600, int),
@@ -99,11 +101,13 @@ class RoundConfig:
     lr: float = 1e-3            # peak of the one-cycle schedule: fine-tuning, not training from scratch
     human_repeat: int = 10      # each human example is seen this many times per round
     human_weight: float = 1.0
-    eval_n: int = 10000         # gate: clean accuracy on this many MNIST test examples (all of them)
-    robust_n: int = 1000        # gate: PGD accuracy on the first this many
+    val_n: int = 10000          # gate: the last this many MNIST train examples, never in a round's sample
+    eval_n: int = 10000         # reported, never gated on: clean accuracy on this many MNIST test examples
+    robust_n: int = 1000        # PGD accuracy on the first this many (validation slice and test set)
     robust_steps: int = 10
-    clean_drop: float = 0.003   # gate: clean accuracy may fall at most 0.3 pt below the serving round
-    robust_drop: float = 0.01   # gate: PGD accuracy at most 1 pt
+    clean_drop: float = 0.003   # gate: validation clean accuracy at least round-000's minus 0.3 pt (a fixed floor)
+    robust_drop: float = 0.01   # gate: validation PGD accuracy at least round-000's minus 1 pt
+    human_min: int = 10         # gate: human hold-out compared with the serving round from this many examples
     verified_only: bool = False  # train only on examples others have verified
     votes: int = 2              # agreeing validations that make an example verified
     seed: int = 0

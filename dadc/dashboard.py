@@ -1,37 +1,80 @@
 """The dashboard's numbers, computed from a Studio: examples per digit, model error rate and
 accuracy per round, the history of attempts, recent fooling examples, and a status text."""
+import threading
+import time
 from collections import Counter
 
 from .examples import eligible, round_number
 
 
+REFRESH_S = 3.0  # the counts over all examples are recomputed at most this often, for all visitors
+
+
+class Counts:
+    """The counts over every example (per digit, fooled per round, the gallery...): computed once
+    for all visitors, again only when the store changed and at most every REFRESH_S seconds, and
+    then in the background while visitors get the last value: a request never scans the store
+    (but the very first)."""
+
+    def __init__(self, studio):
+        self.studio = studio
+        self._lock = threading.Lock()
+        self._value, self._version, self._at, self._busy = None, None, 0.0, False
+
+    def get(self):
+        version = self.studio.store.version()
+        with self._lock:
+            if self._value is not None:
+                stale = version != self._version and time.monotonic() - self._at >= REFRESH_S
+                if stale and not self._busy:
+                    self._busy = True
+                    threading.Thread(target=self._compute, args=(version,), name="dashboard", daemon=True).start()
+                return self._value
+        return self._compute(version)
+
+    def _compute(self, version):
+        try:
+            value = _count(self.studio)
+            with self._lock:
+                self._value, self._version, self._at = value, version, time.monotonic()
+            return value
+        finally:
+            self._busy = False
+
+
+def _count(studio):
+    rows = studio.store.examples()
+    verified = [e for e in rows if e.verified(studio.cfg.votes)]
+    return {"per_digit": Counter((e.label, "collected") for e in rows) + Counter((e.label, "verified") for e in verified),
+            "fooled": Counter(e.round for e in rows if e.fooled),
+            "fooled_verified": Counter(e.round for e in verified if e.fooled),
+            "collected": len(rows), "usable": len(eligible(rows, studio.cfg)),
+            "gallery": [(str(e.canvas_path), f"{e.label}, not {e.prediction} (round {e.round})")
+                        for e in rows if e.fooled][-12:][::-1]}
+
+
 def numbers(studio, admin):
     """The dashboard's numbers for a Studio: plain values, laid out by the page. Repo ids
     and error texts only for admins: the public sees that something failed, not a stack trace."""
-    rows = studio.store.examples()
-    verified = [e for e in rows if e.verified(studio.cfg.votes)]
-    per_digit = Counter((e.label, "collected") for e in rows) + Counter((e.label, "verified") for e in verified)
+    c = studio.counts.get()
     attempts = studio.attempts.counts()
-    fooled = Counter(e.round for e in rows if e.fooled)
-    fooled_verified = Counter(e.round for e in verified if e.fooled)
     names = studio.registry.names()
     mer, acc = [], []
     for name in names:
         n = round_number(name)
         if attempts.get(n):
-            mer.append({"round": n, "kind": "MER (fooled / attempts)", "rate": fooled[n] / attempts[n]})
-            mer.append({"round": n, "kind": "verified MER", "rate": fooled_verified[n] / attempts[n]})
+            mer.append({"round": n, "kind": "MER (fooled / attempts)", "rate": c["fooled"][n] / attempts[n]})
+            mer.append({"round": n, "kind": "verified MER", "rate": c["fooled_verified"][n] / attempts[n]})
         m = studio.registry.metrics(name)
         for key, label in (("clean_acc", "clean"), ("robust_acc", "PGD robust"), ("human_acc", "human hold-out")):
             if isinstance(m.get(key), (int, float)):
                 acc.append({"round": n, "metric": label, "accuracy": m[key]})
-    return {"status": _status(studio, len(rows), len(eligible(rows, studio.cfg)), admin),
-            "digits": [{"digit": str(d), "kind": k, "examples": per_digit[(d, k)]}
+    return {"status": _status(studio, c["collected"], c["usable"], admin),
+            "digits": [{"digit": str(d), "kind": k, "examples": c["per_digit"][(d, k)]}
                        for d in range(10) for k in ("collected", "verified")],
-            "mer": mer, "accuracy": acc, "history": _history(studio, admin),
-            "gallery": [(str(e.canvas_path), f"{e.label}, not {e.prediction} (round {e.round})")
-                        for e in rows if e.fooled][-12:][::-1],
+            "mer": mer, "accuracy": acc, "history": _history(studio, admin), "gallery": c["gallery"],
             "rounds": names, "serving": studio.predictor.round, "running": studio.job.running, "admin": admin}
+
 
 def _status(studio, collected, usable, admin):
     new, more = studio.job.pending()
@@ -43,6 +86,8 @@ def _status(studio, collected, usable, admin):
         lines.append(f"Retraining: {st.stage}" + (f" {st.done}/{st.total} steps" if st.total else ""))
     elif st.stage:
         lines.append(f"Last round: {st.stage if admin or not st.stage.startswith('failed') else 'failed'}")
+    if studio.restoring:
+        lines.append("Restoring flags and rounds from the Hub: serving meanwhile, and no round starts until it is done")
     if studio.sync is None:
         lines.append("Hub: not configured (HF_TOKEN and DADC_DATASET_REPO): flags are kept locally")
     elif admin:

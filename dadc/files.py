@@ -12,11 +12,14 @@
 import errno
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger("dadc.files")
 
 
 def utc_now() -> str:
@@ -42,9 +45,10 @@ def write_all(fd, data):
         view = view[n:]
 
 
-def write_atomic(path, data, tmp_dir=None):
+def write_atomic(path, data, tmp_dir=None, sync_dir=True):
     """Write bytes (or text) to `path` so that it either keeps its old content or has all of the
-    new one. The temp file lives in tmp_dir (same file system) or next to `path`."""
+    new one. The temp file lives in tmp_dir (same file system) or next to `path`. sync_dir=False
+    leaves the rename's durability to one fsync_dir after several writes into one folder."""
     path = Path(path)
     data = data.encode() if isinstance(data, str) else data
     tmp = Path(tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -62,7 +66,8 @@ def write_atomic(path, data, tmp_dir=None):
         except OSError:
             pass
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 @contextmanager
@@ -92,14 +97,43 @@ def try_locked(path, flags=os.O_RDWR | os.O_CREAT):
         os.close(fd)
 
 
-def repair_tail(fd):
+class Busy(RuntimeError):
+    """A lock that one process at a time may hold is held by another."""
+
+
+def hold(path):
+    """Take the lock file `path` for as long as this process lives (or until the returned descriptor
+    is closed), writing our pid into it; Busy, naming the process that holds it, if another does."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise Busy(f"{path} is held by process {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def repair_tail(fd, path=None):
     """Cut a torn last line (a crash or a full disk mid-write) so the next row starts on its own
-    line. Call with the file's lock held. Returns the file size after the repair."""
+    line. Call with the file's lock held. The cut bytes are kept aside in `<path>.torn` (one line
+    per repair: the count) and logged. Returns the file size after the repair."""
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return size
     data = os.pread(fd, size, 0)  # rare path: read it all, keep up to the last newline
     keep = data.rfind(b"\n") + 1
+    if path is not None:
+        try:
+            with open(f"{path}.torn", "ab") as aside:
+                aside.write(data[keep:].replace(b"\n", b" ") + b"\n")
+                aside.flush()
+                os.fsync(aside.fileno())
+        except OSError:
+            pass  # a full disk: the cut matters more than the copy
+        log.warning("%s: cut a torn last line of %d bytes (kept in %s.torn)", path, size - keep, path)
     os.ftruncate(fd, keep)
     os.fsync(fd)
     return keep
@@ -109,7 +143,7 @@ def repair(path):
     """Cut a torn tail of `path` if it has one (at start: a writer may have died mid-line)."""
     try:
         with locked(path, os.O_RDWR) as fd:
-            repair_tail(fd)
+            repair_tail(fd, path)
     except FileNotFoundError:
         pass
     except OSError:
@@ -120,7 +154,7 @@ def append_line(path, row):
     """Append one JSON row, whole and fsynced, or raise OSError with nothing of it left behind."""
     line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
     with locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT) as fd:
-        size = repair_tail(fd)
+        size = repair_tail(fd, path)
         try:
             write_all(fd, line)
             os.fsync(fd)

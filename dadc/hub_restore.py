@@ -25,8 +25,8 @@ def missing_replicas(api, repo_id, store):
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
         return []  # first start: nothing pushed yet
-    remote = {f.rfilename.split("/")[1] for f in info.siblings or []
-              if f.rfilename.startswith("data/") and f.rfilename.endswith("/metadata.jsonl")}
+    remote = {f.rfilename.split("/")[1] for f in info.siblings or [] if f.rfilename.startswith("data/")
+              and f.rfilename.endswith(("/metadata.jsonl", "/votes.jsonl"))}  # a voter may have no flags
     return [r for r in sorted(remote) if store.lacks_replica(r)]
 
 
@@ -46,12 +46,15 @@ def restore_flags(api, repo_id, store):
 
 
 def restore_rounds(api, model_repo, registry, store):
-    """The rounds of the model repo, into a registry that has trained none of its own (else the
-    Hub's rounds could share names with other weights: this home's lineage stays as it is)."""
-    if registry.has_trained():
+    """The rounds of the model repo, with CURRENT and the history, into a registry that has trained
+    none of its own (else the Hub's rounds could share names with other weights: this home's
+    lineage stays as it is)."""
+    if registry.has_trained() or registry.history():
         return []
     with store.scratch() as tmp:
-        if not _download(api, model_repo, "model", [f"rounds/round-*/{f}" for f in ROUND_FILES], tmp):
+        patterns = [f"rounds/round-*/{f}" for f in ROUND_FILES] + ["rounds/CURRENT", "rounds/history.jsonl"]
+        if not _download(api, model_repo, "model", patterns, tmp):
             return []
-        folders = sorted(p for p in Path(tmp, "rounds").iterdir()) if Path(tmp, "rounds").is_dir() else []
-        return registry.adopt_restored(folders)
+        rounds = Path(tmp, "rounds")
+        folders = sorted(p for p in rounds.iterdir() if p.is_dir()) if rounds.is_dir() else []
+        return registry.adopt_restored(folders, current=rounds / "CURRENT", history=rounds / "history.jsonl")

@@ -107,7 +107,8 @@ class HubSync:
     """Background pushes of DADC_HOME/flags/data/<replica>/ to a Hub dataset repo, and of promoted
     rounds to a model repo. Construct (validates names, no network), restore(), then start()."""
 
-    def __init__(self, store, repo_id, token, *, every=5.0, private=True, model_repo=None, registry=None):
+    def __init__(self, store, repo_id, token, *, every=5.0, delay=30.0, private=True, model_repo=None,
+                 registry=None):
         """registry: where restore() brings rounds back to (with model_repo); None restores no rounds."""
         self.store, self.registry = store, registry
         self.repo_id = check_repo_id(repo_id)
@@ -118,6 +119,8 @@ class HubSync:
             raise ValueError(f"DADC_PUSH_EVERY must be > 0 minutes, got {every}")
         self._token = token
         self.every = float(every)
+        self.delay = float(delay)  # seconds from a change (a flag, a vote, a round) to the push carrying it
+        self._soon = None          # the pending delayed push (a Timer), if any
         self.private = private
         self.api = HfApi(token=token)
         self.log = HubStatus(token)
@@ -128,6 +131,7 @@ class HubSync:
         self._pushed_lines = {}  # row file -> rows included in the last successful push
         self._rounds = []        # (round dir, counts) waiting for the model repo, retried until pushed
         self._model_repo_ready = False
+        self._state_pushed = None  # the registry state (CURRENT, history) in the last push
         self._restored = False   # restore() has worked once (else the connect loop retries it)
         self.skipped_rows = 0    # restored Hub rows left out as bad (logged by "dadc.restore"), for admins
         self.rounds_pushed = []
@@ -141,7 +145,7 @@ class HubSync:
         if not settings.hub_enabled:
             return None
         return cls(store, settings.dataset_repo, settings.hf_token, every=settings.push_every,
-                   model_repo=settings.model_repo, registry=registry)
+                   delay=settings.push_delay, model_repo=settings.model_repo, registry=registry)
 
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
@@ -211,6 +215,22 @@ class HubSync:
         sched = self.scheduler
         return sched.trigger() if sched is not None else None
 
+    def changed(self):
+        """Something to push was written (a flag, a vote, a round): push within `delay` seconds.
+        Changes that come meanwhile ride along (debounced), so a crash loses at most that window
+        of Hub copies; the local store keeps everything anyway."""
+        with self._lock:
+            if self._soon is not None or self._stopped.is_set():
+                return
+            self._soon = threading.Timer(self.delay, self._push_soon)
+            self._soon.daemon = True
+            self._soon.start()
+
+    def _push_soon(self):
+        with self._lock:
+            self._soon = None
+        self.push_now()  # not connected yet: the connection's first push carries it
+
     def push_round(self, round_dir, counts=None):
         """Queue a promoted round for DADC_MODEL_REPO and push it now if connected. `counts` (e.g.
         {"human examples": 120, "mnist examples": 60000}) go into the model card. No-op without a model repo."""
@@ -227,8 +247,12 @@ class HubSync:
         return self.push_now()
 
     def stop(self, timeout=60):
-        """Final push, then stop. Safe to call twice."""
+        """Final push (waiting at most `timeout` seconds), then stop. Safe to call twice."""
         self._stopped.set()
+        with self._lock:
+            if self._soon is not None:
+                self._soon.cancel()
+                self._soon = None
         sched = self.scheduler
         if sched is None:
             return
@@ -269,18 +293,49 @@ class HubSync:
         return info
 
     def _push_rounds(self, api):
+        """Queued rounds, then the registry's state (CURRENT, history) when it changed. A round name
+        the model repo already has is never overwritten (a late restore can leave this home with
+        its own round-00N): that round stays local, and the status says so."""
+        if not self.model_repo or not (self._rounds or self.registry is not None):
+            return
+        if not self._model_repo_ready:
+            api.create_repo(self.model_repo, repo_type="model", private=self.private, exist_ok=True)
+            self._model_repo_ready = True
+        on_hub = None
         while self._rounds:
             round_dir, counts = self._rounds[0]
-            if not self._model_repo_ready:
-                api.create_repo(self.model_repo, repo_type="model", private=self.private, exist_ok=True)
-                self._model_repo_ready = True
-            card = model_card(round_dir, counts, dataset_repo=self.repo_id).encode()
-            ops = [CommitOperationAdd(path_or_fileobj=str(round_dir / f), path_in_repo=f"rounds/{round_dir.name}/{f}")
-                   for f in ROUND_FILES if (round_dir / f).is_file()]
-            ops += [CommitOperationAdd(path_or_fileobj=card, path_in_repo=f"rounds/{round_dir.name}/README.md"),
-                    CommitOperationAdd(path_or_fileobj=card, path_in_repo="README.md")]  # the latest round
-            api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
-                              commit_message=f"Promote {round_dir.name}")
+            if on_hub is None:
+                on_hub = {f.rfilename.split("/")[1] for f in api.repo_info(self.model_repo, repo_type="model").siblings
+                          or [] if f.rfilename.startswith("rounds/") and f.rfilename.count("/") == 2}
+            if round_dir.name in on_hub:
+                self.log.fail(RuntimeError(f"{round_dir.name} is already on the Hub"), "pushing a round",
+                              "It is kept locally, not overwritten.")
+            else:
+                self._push_round(api, round_dir, counts)
             with self._lock:
                 self._rounds.pop(0)
-                self.rounds_pushed.append(round_dir.name)
+        self._push_state(api)
+
+    def _push_round(self, api, round_dir, counts):
+        card = model_card(round_dir, counts, dataset_repo=self.repo_id).encode()
+        ops = [CommitOperationAdd(path_or_fileobj=str(round_dir / f), path_in_repo=f"rounds/{round_dir.name}/{f}")
+               for f in ROUND_FILES if (round_dir / f).is_file()]
+        ops += [CommitOperationAdd(path_or_fileobj=card, path_in_repo=f"rounds/{round_dir.name}/README.md"),
+                CommitOperationAdd(path_or_fileobj=card, path_in_repo="README.md")]  # the latest round
+        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
+                          commit_message=f"Promote {round_dir.name}")
+        with self._lock:
+            self.rounds_pushed.append(round_dir.name)
+
+    def _push_state(self, api):
+        """CURRENT and the history, so a fresh disk serves the same round and retrains nothing at
+        boot; only once restore() has worked (an empty disk must not overwrite the Hub's history)."""
+        if self.registry is None or not self._restored:
+            return
+        state = self.registry.state()
+        if not state or state == self._state_pushed:
+            return
+        ops = [CommitOperationAdd(path_or_fileobj=data, path_in_repo=path) for path, data in state.items()]
+        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
+                          commit_message="Rounds: CURRENT and history")
+        self._state_pushed = state

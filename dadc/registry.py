@@ -39,6 +39,7 @@ class Registry:
             self._move_in(tmp, "round-000")
         if self.current() not in self.names():
             files.write_atomic(self.root / "CURRENT", self.names()[-1])
+        files.repair(self.root / "history.jsonl")  # a crash mid-record left a torn line
 
     def _move_in(self, src, name):
         os.replace(src, self.root / name)  # a whole directory at once: never half a round
@@ -82,12 +83,16 @@ class Registry:
             files.write_atomic(self.root / "CURRENT", name)
         return name
 
-    def adopt_restored(self, folders):
-        """Take in round folders downloaded from the Hub (round-NNN/ with at least the weights and
-        config), each whose name no round here has: only the round files, never anything else in
-        the folder. A home that had trained nothing then serves the newest of them, as it did
-        before the disk was lost. Returns the names adopted."""
-        fresh, adopted = not self.has_trained(), []
+    def adopt_restored(self, folders, current=None, history=None):
+        """Take in what was downloaded from the Hub into a home that has trained nothing of its own:
+        the round folders (round-NNN/ with at least the weights and config) whose names no round
+        here has, only their round files; the history (its lines re-written as JSON objects, so its
+        "claimed" counters come back and nothing trains again at boot); and CURRENT, if it names a
+        round that is here. The same round then serves as before the disk was lost (the newest
+        adopted one if the Hub has no CURRENT). Returns the names adopted."""
+        if self.has_trained() or self.history():
+            return []  # this home has its own lineage: keep it as it is
+        adopted = []
         with self._lock:
             for src in map(Path, folders):
                 ok = ROUND_NAME.fullmatch(src.name) and all(
@@ -100,9 +105,27 @@ class Registry:
                         os.replace(src / f, tmp / f)
                 self._move_in(tmp, src.name)
                 adopted.append(src.name)
-            if fresh and adopted:
-                files.write_atomic(self.root / "CURRENT", max(adopted, key=round_number))
+            rows = [r for r in files.read_jsonl(history) if isinstance(r.get("event"), str)] if history else []
+            if rows:
+                text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)  # as record() writes
+                files.write_atomic(self.root / "history.jsonl", text)
+            current = current.read_text().strip() if current and Path(current).is_file() else None
+            if current not in self.names():
+                current = max(adopted, key=round_number) if adopted else None
+            if current:
+                files.write_atomic(self.root / "CURRENT", current)
         return adopted
+
+    def state(self):
+        """{path in the model repo: bytes} of what, besides the round folders, a fresh disk needs
+        to serve the same round with the same history: CURRENT and history.jsonl."""
+        out = {}
+        for name in ("CURRENT", "history.jsonl"):
+            try:
+                out[f"rounds/{name}"] = (self.root / name).read_bytes()
+            except FileNotFoundError:
+                pass
+        return out
 
     def rollback(self, name, why="rollback"):
         """Serve an earlier (or any existing) round again. The rounds after it stay on record.

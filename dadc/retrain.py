@@ -1,8 +1,9 @@
 """RetrainJob: the background retraining round. Once `threshold` new eligible examples have come
 in, one thread fine-tunes the serving round on an MNIST sample plus the human examples with PGD
-adversarial training, measures it against the serving round on the same data (gate.py), and, if it
-passes, saves it as the next round (Registry.promote) and swaps it into the Predictor. Every
-attempt, passed or not, is recorded in the history with its reasons. Requests never wait for it.
+adversarial training, gates it (gate.py: MNIST floors fixed by round-000 on a validation slice,
+human hold-out no worse than the serving round), and, if it passes, saves it as the next round
+(Registry.promote) and swaps it into the Predictor. Every attempt, passed or not, is recorded in
+the history with its reasons. Requests never wait for it.
 
 Never two rounds on one home at once: a round holds DADC_HOME/rounds/.train.lock (TRAIN_LOCK), the
 app's background rounds and `python -m dadc retrain` alike. A background round that finds it held
@@ -18,12 +19,17 @@ import torch
 
 from . import config, files
 from .config import RoundConfig
-from .examples import eligible
-from .gate import gate, measure
+from .examples import eligible, round_number
+from .gate import REFERENCE, cached_reference, gate, matrix_row, measure, reference_settings
 
 
 TRAIN_LOCK = ".train.lock"  # under DADC_HOME/rounds: held by whoever trains a round on this home
 BUSY_RETRY_S = 30.0         # a background round that found the lock held tries again this much later
+
+
+class Stopped(Exception):
+    """The app is shutting down: the round ends at its next step, and is recorded as stopped (not
+    as an attempt, so its examples start a round again after the restart)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class RetrainJob:
         self._thread = None
         self._idle = threading.Event()
         self._idle.set()
+        self._stopping = threading.Event()
+        self._held = False  # hold(): count what comes in, start nothing (a restore is bringing the history)
         self._claimed = self._claimed_on_record()  # eligible examples already used
         self._eligible = len(eligible(store.examples(), self.cfg))
         self.status = Status()
@@ -94,10 +102,19 @@ class RetrainJob:
         attempts = [h for h in self.registry.history() if "claimed" in h]
         return attempts[-1]["claimed"] if attempts else 0
 
-    def recount(self):
-        """Count the eligible examples in the store again (after a restore brought some in)."""
+    def hold(self):
+        """Start no round until release(): the history that says what was used may be on its way."""
         with self._lock:
+            self._held = True
+
+    def release(self):
+        """Count the eligible examples again, read what earlier rounds claimed, and start if due."""
+        with self._lock:
+            self._held = False
             self._eligible = len(eligible(self.store.examples(), self.cfg))
+            self._claimed = max(self._claimed, self._claimed_on_record())
+            self._maybe_start()
+        return self
 
     def pending(self):
         """New eligible examples not yet in a round, and how many more start the next one."""
@@ -127,7 +144,7 @@ class RetrainJob:
 
     def _maybe_start(self):  # lock held
         if self._thread is None and self._eligible - self._claimed >= self.threshold \
-                and time.monotonic() >= self._not_before:
+                and time.monotonic() >= self._not_before and not self._stopping.is_set() and not self._held:
             # another process (python -m dadc retrain) may have trained on some of them meanwhile
             self._claimed = max(self._claimed, self._claimed_on_record())
             if self._eligible - self._claimed >= self.threshold:
@@ -149,6 +166,9 @@ class RetrainJob:
                 busy = held is None
                 if not busy:
                     self.run_round(claimed)
+        except Stopped:
+            self.registry.record({"event": "stopped", "why": "the app shut down during the round"})
+            self.status = Status("idle", "stopped: the app shut down")
         except Exception as e:  # record it; serving goes on with the current round
             self.registry.record({"event": "attempt", "claimed": claimed, "passed": False,
                                   "reasons": [f"the round failed: {type(e).__name__}: {e}"]})
@@ -168,6 +188,12 @@ class RetrainJob:
                 if self._thread is None:
                     self._idle.set()
 
+    def stop(self, timeout=None):
+        """Bring a running round to a safe stop at its next step (never between saving a round and
+        recording it) and wait for it at most `timeout` seconds; no round starts after this."""
+        self._stopping.set()
+        return self.wait(timeout)
+
     def wait(self, timeout=None):
         """Block until no round is running (tests, simulate, shutdown). True if idle."""
         return self._idle.wait(timeout)
@@ -179,6 +205,8 @@ class RetrainJob:
     # --- one round ---
 
     def _stage(self, stage, done=0, total=0):
+        if self._stopping.is_set():
+            raise Stopped()
         self.status = Status("running", stage, done, total)
         if self.on_stage:
             self.on_stage(self.status)
@@ -189,22 +217,30 @@ class RetrainJob:
         start = time.perf_counter()
         attempt = sum(1 for h in self.registry.history() if h.get("event") == "attempt") + 1
         self._stage("loading data")
-        x, y, human, sets, counts = self._data(attempt)
+        x, y, human, sets, counts, hold_rows = self._data(attempt)
         base = self.predictor.round
         model, net_config, _ = self.registry.load(base)
         self._stage("training")
         candidate, train_cfg = self._train(model, net_config["net"], base, x, y, human, attempt)
-        self._stage("gate: measuring both rounds")
-        before, after = measure(model, sets, self.cfg), measure(candidate, sets, self.cfg)
-        passed, reasons = gate(before, after, self.cfg)
+        reference = cached_reference(self.registry.history(), self.cfg)
+        if reference is None:  # once per home (and settings): the floors' fixed reference
+            self._stage(f"gate: measuring {REFERENCE} on the validation slice (once)")
+            reference = {"round": REFERENCE, **measure(self.registry.load(REFERENCE)[0], sets, self.cfg, ("val",)),
+                         "settings": reference_settings(self.cfg)}
+        self._stage("gate: measuring the candidate")
+        before, after = measure(model, sets, self.cfg, ("holdout",)), measure(candidate, sets, self.cfg)
+        after["matrix_row"] = matrix_row(candidate, self.store, hold_rows, map(round_number, self.registry.names()))
+        passed, reasons, notes = gate(reference, before, after, self.cfg)
         seconds = round(time.perf_counter() - start, 1)
         entry = {"event": "attempt", "attempt": attempt, "claimed": claimed, "base": base, "passed": passed,
-                 "reasons": reasons, "serving": before, "candidate": after, "counts": counts, "seconds": seconds,
-                 "config": asdict(self.cfg)}
+                 "reasons": reasons, "notes": notes, "reference": reference, "serving": before, "candidate": after,
+                 "counts": counts, "seconds": seconds, "config": asdict(self.cfg)}
         if passed:
-            metrics = {**after, "gate": {"base": base, "base_metrics": before}, "counts": counts,
+            metrics = {**after, "reference": reference, "gate": {"base": base, "serving": before, "notes": notes},
+                       "counts": counts,
                        "eval": {"n": len(sets["test"][0]), "robust_n": self.cfg.robust_n, "eps": self.cfg.eps,
-                                "steps": self.cfg.robust_steps, "split": "MNIST test, first n"},
+                                "steps": self.cfg.robust_steps, "split": "MNIST test, first n",
+                                "val_n": len(sets["val"][0]), "val_split": "MNIST train, last val_n"},
                        "train": train_cfg, "seconds": seconds}
             entry["round"] = self._promote(candidate, net_config["net"], train_cfg, base, metrics, counts, entry)
         self.registry.record(entry)
@@ -212,7 +248,8 @@ class RetrainJob:
         return entry
 
     def _data(self, attempt):
-        """A fresh MNIST sample, the human examples to train on, and the gate's fixed sets."""
+        """A fresh MNIST sample, the human examples to train on, the gate's fixed sets, and the
+        held-out human examples."""
         from . import data
 
         cfg = self.cfg
@@ -220,14 +257,18 @@ class RetrainJob:
             self.mnist = self.mnist()
         x, y = data.tensors(self.mnist, "train")
         xt, yt = data.tensors(self.mnist, "test")
+        n = len(x) - cfg.val_n  # the last val_n are the gate's validation slice: never trained on
+        if not 0 < n < len(x):
+            raise ValueError(f"val_n={cfg.val_n}: must be between 1 and {len(x) - 1}")
         g = torch.Generator().manual_seed(cfg.seed + attempt)  # a fresh MNIST sample each round
-        idx = torch.randperm(len(x), generator=g)[:cfg.mnist_n]
+        idx = torch.randperm(n, generator=g)[:cfg.mnist_n]
         usable = eligible(self.store.examples(), cfg)
         train_rows = [e for e in usable if not e.held_out]
         hold_rows = [e for e in usable if e.held_out]
-        sets = {"test": (xt[:cfg.eval_n], yt[:cfg.eval_n]), "holdout": self.store.tensors(hold_rows)}
+        sets = {"val": (x[n:], y[n:]), "test": (xt[:cfg.eval_n], yt[:cfg.eval_n]),
+                "holdout": self.store.tensors(hold_rows)}
         counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows)}
-        return x[idx], y[idx], self.store.tensors(train_rows), sets, counts
+        return x[idx], y[idx], self.store.tensors(train_rows), sets, counts, hold_rows
 
     def _train(self, model, net, base, x, y, human, attempt):
         cfg = self.cfg

@@ -8,7 +8,6 @@ stop() makes the final push.
 """
 import json
 import math
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, preprocess
+from . import dashboard, data, files, preprocess
 from .checkpoint import CheckpointError
 from .config import RoundConfig
 from .examples import round_number
@@ -25,7 +24,8 @@ from .registry import ROUND0, Predictor, Registry
 from .retrain import RetrainJob
 from .store import FlagStore, StoreError
 
-KEEP_CANVAS = 512      # the stored copy of a canvas is at most this many pixels a side
+KEEP_CANVAS = 256      # the stored copy of a canvas is at most this many pixels a side (enough to verify)
+SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
 MAX_SESSIONS = 10_000  # open drawings and rate-limit windows remembered (bounded memory)
 
 
@@ -63,15 +63,22 @@ def keepable(img):
     """The canvas as stored next to the 28x28: at most KEEP_CANVAS a side."""
     if img is None:
         return None
-    img = img.copy() if img.mode in ("RGBA", "RGB", "L", "LA") else img.convert("RGBA")
-    img.thumbnail((KEEP_CANVAS, KEEP_CANVAS), reducing_gap=2.0)
-    return img
+    img = img if img.mode in ("RGBA", "RGB", "L", "LA") else img.convert("RGBA")
+    factor = math.ceil(max(img.size) / KEEP_CANVAS)
+    return img.reduce(factor) if factor > 1 else img.copy()  # a box average: fast, keeps thin strokes
 
 
 class Studio:
     def __init__(self, settings, seed=ROUND0, round_cfg=None, sync=None, mnist=None):
-        """sync: a function (store, registry) -> HubSync or None (None: local only)."""
+        """sync: a function (store, registry) -> HubSync or None (None: local only). One Studio per
+        home: a second one (another app process on the same DADC_HOME) raises files.Busy."""
         self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self._home_lock = files.hold(settings.home / "app.lock")  # held until the process ends
+        except files.Busy as e:
+            raise files.Busy(f"another app is already running on DADC_HOME {settings.home}: {e}. "
+                             "Stop it, or give this one its own DADC_HOME.") from None
         self.store = FlagStore(settings.home)
         self.registry = Registry(settings.home, seed)
         self.sync = sync(self.store, self.registry) if sync is not None else None
@@ -85,22 +92,50 @@ class Studio:
         self.anonymous_budget = RateLimit(settings.flag_budget, per=3600.0)  # all anonymous visitors together
         self._lock = threading.Lock()
         self._stored = self.store.count()  # for the store's hard cap (DADC_MAX_FLAGS), counted from here on
+        self.restoring = False  # the Hub restore is running (start())
+        self.counts = dashboard.Counts(self)  # the dashboard's counts, shared by all visitors
 
-    def start(self):
-        if self.sync is not None:
-            got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
-            if got["rounds"]:
-                self.predictor.swap(self.registry.current())
-            self.job.recount()
-            with self._lock:
-                self._stored = self.store.count()
-            self.sync.start()
-        self.job.start()  # flags stored before a restart may already be due
+    def start(self, background=True):
+        """Restore from the Hub (when one is configured) and start the Hub sync and any round due.
+        The restore runs in the background: the app serves at once (the local round, else
+        round-000) and swaps to the restored round when it is in; no round starts before it is
+        done, so the restored history says what earlier rounds used."""
+        if self.sync is None:
+            self.job.start()  # flags stored before a restart may already be due
+            return self
+        self.job.hold()
+        self.restoring = True
+        if background:
+            threading.Thread(target=self._restore, name="restore", daemon=True).start()
+        else:
+            self._restore()
         return self
 
+    def _restore(self):
+        try:
+            got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
+            if got["rounds"] or self.registry.current() != self.predictor.round:
+                self.predictor.swap(self.registry.current())
+            with self._lock:
+                self._stored = self.store.count()
+        finally:
+            self.restoring = False
+            self.job.release()
+            self.sync.start()
+
     def stop(self):
+        """Shut down within sum(SHUTDOWN_S) seconds: a running round stops at its next step, then the
+        final push. Safe to call twice (a signal, then atexit)."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
+        self.job.stop(timeout=SHUTDOWN_S[0])
         if self.sync is not None:
-            self.sync.stop()
+            self.sync.stop(timeout=SHUTDOWN_S[1])
+
+    def _changed(self):
+        if self.sync is not None:
+            self.sync.changed()
 
     # --- draw and predict ---
 
@@ -137,6 +172,7 @@ class Studio:
                 self._stored -= 1
             raise StudioError(str(e)) from None
         self.attempts.close(who.id)
+        self._changed()
         if not self.cfg.verified_only:
             self.job.notify()
         return {"id": id_, "saved": True, "label": digit, "prediction": prediction, "fooled": prediction != digit,
@@ -173,14 +209,8 @@ class Studio:
 
     def next_to_verify(self, who):
         """Someone else's example this visitor has not judged yet, fewest votes first; None if none."""
-        who = visitor(who)
-        voted = {v.id for v in self.store.validations() if v.session == who.id}
-        rows = [e for e in self.store.examples() if e.session != who.id and e.id not in voted]
-        if not rows:
-            return None
-        fewest = min(e.agree + e.disagree for e in rows)
-        e = random.choice([e for e in rows if e.agree + e.disagree == fewest])
-        return {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
+        e = self.store.next_to_judge(visitor(who).id)
+        return None if e is None else {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
 
     def verify(self, id_, agree, who):
         """One vote per visitor and example (a later one replaces theirs), never on one's own."""
@@ -199,6 +229,7 @@ class Studio:
             self.store.validate(id_, who.id, agree)
         except (StoreError, ValueError) as e:
             raise StudioError(str(e)) from None
+        self._changed()
         example = self.store.find(id_)
         now = example.verified(self.cfg.votes)
         if self.cfg.verified_only and now and not was:
@@ -224,6 +255,7 @@ class Studio:
         try:
             self.registry.rollback(name, why="asked on the dashboard or API")  # checks that it loads
             self.predictor.swap(name)
+            self._changed()  # CURRENT and the history go to the Hub
         except (ValueError, CheckpointError) as e:
             raise StudioError(str(e)) from None
         return {"serving": name}
@@ -236,8 +268,6 @@ class Studio:
 
     def dashboard(self, who=None):
         """The dashboard's numbers (dashboard.py); repo ids and error texts only for admins."""
-        from . import dashboard
-
         return dashboard.numbers(self, self.is_admin(who))
 
 

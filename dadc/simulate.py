@@ -4,13 +4,22 @@ DIR holds PNG canvases and labels.csv (columns file,label). The drawings are spl
 (seeded): the first is the pool the simulated people draw from, the second is never flagged and
 measures how often each round is fooled by drawings it has not seen. Each round: every pool drawing
 the serving model gets wrong is flagged (until the threshold), which starts the same RetrainJob
-(fine-tune, gate, promote) the app uses; then the unseen error rate and MNIST test accuracy are
-reported. `--make-drawings N` writes such a DIR from MNIST test digits drawn on canvases.
+(fine-tune, gate, promote) the app uses. Every flagged drawing counts as verified.
+
+Reported per round (one JSON row each): the serving round, the fool rate on the unseen half,
+MNIST test clean accuracy (all 10,000) and PGD accuracy (`robust_acc`: the first robust_n, the
+gate's seed and steps), accuracy on the human examples held out of every round, and the attempt's
+verdict, reasons, notes and seconds. At the end, the matrix: for every served round r and every
+earlier one k, r's accuracy on the held-out flagged drawings that fooled k.
+
+`--make-drawings N` first writes N style-varied mouse-like drawings per family (dadc.drawings);
+with `--mnist-canvases`, N MNIST test digits pasted on canvases instead.
 """
 import csv
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,35 +128,51 @@ def error_rate(predictor, drawings):
 
 
 def simulate(drawings_dir, rounds, home, threshold, seed_round, cfg=None, seed=0, log=print):
-    """Run up to `rounds` DADC rounds on the drawings; returns one dict per round (round 0 first)."""
-    from . import data, evaluate
+    """Run up to `rounds` DADC rounds on the drawings. Returns {"rounds": one dict per round (round 0
+    first), "matrix": {served round: its matrix row (gate.matrix_row) over the rounds served before}}."""
+    from . import data
     from .config import RoundConfig
     from .examples import round_number
+    from .gate import matrix_row, measure
     from .registry import Predictor, Registry
     from .retrain import RetrainJob
     from .store import FlagStore
 
+    # the campaign's labels are true: its flags count as verified, whatever DADC_VERIFIED_ONLY says
+    cfg = replace(cfg or RoundConfig.from_env(), verified_only=False)
     drawings = read_drawings(drawings_dir)
     order = np.random.default_rng(seed).permutation(len(drawings))
     half = len(drawings) // 2
     pool = [drawings[i] for i in order[:half]]
     unseen = [drawings[i] for i in order[half:]]
     arrays = data.fetch(home, log=lambda m: log(m))
-    xt, yt = data.tensors(arrays, "test")
+    test = data.tensors(arrays, "test")
     registry = Registry(home, seed_round)
     predictor = Predictor(registry)
     store = FlagStore(home)
-    job = RetrainJob(registry, predictor, store, threshold, cfg or RoundConfig.from_env(), mnist=arrays)
-    flagged = set()
+    job = RetrainJob(registry, predictor, store, threshold, cfg, mnist=arrays)
+    flagged, mnist = set(), {}  # mnist: round name -> its MNIST test numbers (measured once)
 
     def report(r, attempt=None):
         name, model = predictor.serving
+        if name not in mnist:
+            mnist[name] = measure(model, {"test": test}, cfg, ("test",))
+        held = [e for e in store.examples() if e.held_out]
+        human = measure(model, {"holdout": store.tensors(held)}, cfg, ("holdout",))
         row = {"round": r, "serving": name, "unseen_error": error_rate(predictor, unseen),
-               "mnist_test_acc": evaluate.accuracy(model, xt, yt), "flagged": len(flagged)}
+               "mnist_test_acc": mnist[name]["clean_acc"], "robust_acc": mnist[name]["robust_acc"],
+               "human_acc": human["human_acc"], "human_n": human["human_n"], "flagged": len(flagged)}
         if attempt:
-            row.update(passed=attempt.get("passed"), reasons=attempt.get("reasons"), seconds=attempt.get("seconds"))
+            row.update({k: attempt.get(k) for k in ("passed", "reasons", "notes", "seconds")})
         log(json.dumps(row))
         return row
+
+    def matrix(rows):
+        served = list(dict.fromkeys(row["serving"] for row in rows))
+        examples = store.examples()
+        return {r: matrix_row(registry.load(r)[0], store, examples,
+                              [round_number(k) for k in served if round_number(k) < round_number(r)])
+                for r in served}
 
     rows = [report(0)]
     for r in range(1, rounds + 1):
@@ -173,31 +198,66 @@ def simulate(drawings_dir, rounds, home, threshold, seed_round, cfg=None, seed=0
         rows.append(report(r, attempt))
         log(f"round {r}: {'promoted ' + attempt['round'] if attempt['passed'] else 'rejected'} "
             f"in {time.perf_counter() - start:.0f} s")
-    return rows
+    return {"rounds": rows, "matrix": matrix(rows)}
+
+
+def summary(result):
+    """The result as text tables: one line per round, then the matrix."""
+    def pct(v):
+        return "-" if v is None else f"{v:6.2%}"
+
+    lines = [f"{'round':>5}  {'serving':<9}  {'result':<8}  {'unseen err':>10}  {'MNIST':>7}  {'PGD':>7}  "
+             f"{'human':>7}  {'flagged':>7}  {'s':>5}"]
+    for row in result["rounds"]:
+        verdict = "-" if "passed" not in row else "promoted" if row["passed"] else "rejected"
+        lines.append(f"{row['round']:>5}  {row['serving']:<9}  {verdict:<8}  {pct(row['unseen_error']):>10}  "
+                     f"{pct(row['mnist_test_acc']):>7}  {pct(row['robust_acc']):>7}  {pct(row['human_acc']):>7}  "
+                     f"{row['flagged']:>7}  {row.get('seconds') or '':>5}")
+    matrix = result["matrix"]
+    cols = list(matrix)[:-1]
+    if cols:
+        last = matrix[list(matrix)[-1]]  # the newest round's row has every earlier round, with its n
+        lines += ["", "accuracy on the held-out drawings that fooled each round (column; n = how many):",
+                  " " * 10 + "".join(f"{c + ' (' + str(last[c]['n']) + ')':>18}" for c in cols)]
+        for r, row in matrix.items():
+            lines.append(f"{r:<10}" + "".join(f"{pct(row[c]['acc']) if c in row else '':>18}" for c in cols))
+    return "\n".join(lines)
 
 
 def main(args, settings):
     """The CLI: python -m dadc simulate --drawings DIR --rounds R [--threshold T] [--make-drawings N]."""
+    from . import drawings
     from .registry import ROUND0
 
     if args.make_drawings:
-        make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
-        print(f"wrote {args.make_drawings} drawings and labels.csv to {args.drawings}", file=sys.stderr)
+        if args.mnist_canvases:
+            make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
+            what = f"{args.make_drawings} MNIST test digits on canvases"
+        else:
+            families = args.families.split(",") if args.families else None
+            drawings.make(args.drawings, args.make_drawings, seed=args.seed, families=families)
+            what = f"{args.make_drawings} drawings per family ({', '.join(families or drawings.FAMILIES)})"
+        print(f"wrote {what} and labels.csv to {args.drawings}", file=sys.stderr)
         if not args.rounds:
             return
     if args.rounds < 1:
         raise ValueError("--rounds must be >= 1")
     threshold = args.threshold or settings.threshold
-    rows = simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
-                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps({"rounds": rows}))
+    result = simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
+                      seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    print(summary(result), file=sys.stderr)
+    print(json.dumps(result))
 
 
 def add_arguments(p):
     p.add_argument("--drawings", required=True, help="folder of PNG canvases with labels.csv (file,label)")
     p.add_argument("--rounds", type=int, default=0, help="rounds to run")
     p.add_argument("--threshold", type=int, default=None, help="flags per round (default DADC_THRESHOLD)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split into flagged / unseen halves")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the drawings made and of the split into flagged / unseen halves")
     p.add_argument("--seed-round", default=None, help="round-0 checkpoint dir (default models/round-000)")
     p.add_argument("--make-drawings", type=int, default=0, metavar="N",
-                   help="first write N MNIST test digits drawn on canvases into --drawings")
+                   help="first write N style-varied mouse-like drawings per family (dadc.drawings) into --drawings")
+    p.add_argument("--families", default=None, help="with --make-drawings: comma-separated families (default all)")
+    p.add_argument("--mnist-canvases", action="store_true",
+                   help="with --make-drawings: N MNIST test digits pasted on canvases instead")

@@ -9,15 +9,20 @@ API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketch
 import atexit
 import functools
 import html
+import math
+import signal
+import threading
+import warnings
 
 import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from . import config, guard, preprocess
+from . import config, guard, page, preprocess
 from .components import Canvas, Digit
 from .registry import ROUND0
 from .service import Studio, StudioError, Visitor
+from .tally import Tally
 
 CANVAS = 448  # canvas pixels: big enough for a finger, small enough to send and read fast
 
@@ -82,8 +87,13 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
         atexit.register(studio.stop)  # one last push when the app stops
     who = identify(studio.settings)
 
-    # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk)
-    with gr.Blocks(title="DADC studio", delete_cache=(3600, 3600)) as demo:
+    # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk).
+    # head/css: the Draw tab's browser side (page.py). Gradio 6 wants them in launch() and warns
+    # here, but any launch() falls back to these: so every launcher (app.py, tests, benchmarks) has them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The parameters have been moved", UserWarning)
+        blocks = gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS), css=page.css())
+    with blocks as demo:
         demo.studio = studio
         gr.Markdown(INTRO)
         if config.on_space():
@@ -251,6 +261,14 @@ def dashboard_tab(studio, who, tab):
 def launch(demo, **kwargs):
     """Launch with the settings this app needs: requests run concurrently (a default Gradio app
     runs one event at a time and serialises every user behind the slowest), and every upload
-    route is bounded in size (guard.install)."""
+    route is bounded in size (guard.install). SIGTERM and SIGINT shut the app down cleanly:
+    the final push is made within service.SHUTDOWN_S."""
+    if threading.current_thread() is threading.main_thread():
+        def shut_down(signum, frame):  # a Space's restart sends SIGTERM; atexit would not run
+            demo.studio.stop()           # a running round stops, then the final push (bounded)
+            raise KeyboardInterrupt      # Gradio's launch() closes the server on it and returns
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, shut_down)
     demo.queue(default_concurrency_limit=None, max_size=None)
-    return demo.launch(max_threads=64, **guard.install(demo), **kwargs)  # bounded uploads (guard.py)
+    return demo.launch(max_threads=64, allowed_paths=[str(demo.studio.store.root)],  # DADC_HOME anywhere
+                       **guard.install(demo), **kwargs)  # bounded uploads (guard.py)

@@ -175,7 +175,7 @@ def test_restore_into_an_empty_home_and_rounds_to_the_hub(tmp_path, fake_hub, sy
     for f in ("model.safetensors", "config.json", "metrics.json"):
         assert mfiles[f"rounds/round-001/{f}"] == (round_dir / f).read_bytes()
     card = mfiles["rounds/round-001/README.md"].decode()
-    assert "0.9870" in card and "0.8120" in card and "| human examples | 5 |" in card and "60000" in card
+    assert "98.70%" in card and "81.20%" in card and "| human examples | 5 |" in card and "60000" in card
     assert mfiles["README.md"].decode() == card
     sync.stop()
 
@@ -262,7 +262,7 @@ print("pending", sync.status()["pending"], flush=True)
 def test_model_card_without_counts_says_so(tmp_path):
     d = make_round(tmp_path, 2, acc=0.5)
     card = model_card(d)
-    assert "# DADC studio: round-002" in card and "0.5000" in card and "_not recorded_" in card
+    assert "# DADC studio: round-002" in card and "50.00%" in card and "_not recorded_" in card
 
 
 def test_error_texts_are_scrubbed_of_the_token(tmp_path, caplog):

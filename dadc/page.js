@@ -1,0 +1,81 @@
+// The Draw tab in the browser (dadc/page.py says why it exists). window.dadc is used by the
+// events' js= in dadc/ui.py: snapshot() and next() for the live prediction and the flag.
+(() => {
+  const CANVAS = __CANVAS__;
+  const $ = (selector) => document.querySelector(selector);
+  let seq = 0;
+
+  // Gradio's ImageEditor (6.31) publishes its Pixi application as globalThis.__PIXI_APP__ (a
+  // devtools hook); the drawing is the stage's child that holds the layers (sortableChildren).
+  // The browser tests fail if a Gradio upgrade changes either.
+  function snapshot() {
+    const app = globalThis.__PIXI_APP__;
+    const image = app && app.stage && app.stage.children.find((c) => c.sortableChildren);
+    if (!image) return null;
+    // the Sketchpad's own export of its composite, call for call: the same pixels, so the flag
+    // (which sends this too) stores exactly the prediction the visitor saw
+    const frame = new app.screen.constructor(0, 0, CANVAS, CANVAS);
+    const { pixels, width, height } = app.renderer.extract.pixels({ target: image, resolution: 1, frame });
+    if (app.renderer.type === 1) { // WebGL hands back premultiplied alpha; undo it as Gradio does
+      for (let i = 0; i < pixels.length; i += 4) {
+        const a = pixels[i + 3];
+        if (a === 0 || a === 255) continue;
+        for (let k = 0; k < 3; k++) pixels[i + k] = pixels[i + k] * (255 / a);
+      }
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext("2d");
+    const data = ctx.createImageData(width, height);
+    data.data.set(pixels);
+    ctx.putImageData(data, 0, 0);
+    return canvas.toDataURL("image/png");
+  }
+
+  // Ask for the prediction of the drawing as it is now. The event runs always_last, so a burst of
+  // strokes costs one request in flight and one for the final drawing.
+  function live() {
+    setTimeout(() => $("#dadc-live")?.click(), 0); // after the editor's own handlers have drawn
+  }
+
+  // The editor starts, and starts again after every clear, with no tool chosen ("select the draw
+  // tool to start"): choose the brush (the toolbar's first tool) whenever no tool is chosen.
+  function ready() {
+    const tools = [...document.querySelectorAll("#canvas .toolbar-wrap button")];
+    if (tools.length && !tools.some((b) => b.classList.contains("highlight"))) tools[0].click();
+  }
+
+  // The editor's own Undo: the third-last of its icon buttons (Undo, Redo, Clear canvas); found by
+  // place, as its label is translated into the visitor's language.
+  function undo() {
+    const icons = [...document.querySelectorAll("#canvas button.icon-button")];
+    icons[icons.length - 3]?.click();
+    live();
+  }
+
+  function typing(target) {
+    const tag = target.tagName;
+    return target.isContentEditable || tag === "TEXTAREA" || tag === "SELECT" ||
+      (tag === "INPUT" && !["radio", "checkbox"].includes(target.type));
+  }
+
+  let down = false; // a stroke (or a toolbar click) began on the canvas
+  document.addEventListener("pointerdown", (e) => { down = !!e.target.closest?.("#canvas"); }, true);
+  document.addEventListener("pointerup", () => { if (down) live(); down = false; }, true);
+
+  // Keys on the Draw tab: 0-9 choose the true digit, Enter flags, Backspace undoes, Escape clears.
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || typing(e.target)) return;
+    if (!$("#canvas")?.checkVisibility()) return; // another tab is shown
+    if (e.target.tagName === "BUTTON" && e.target.id !== "flag" && e.key === "Enter") return; // that button's own
+    const act = /^[0-9]$/.test(e.key) ? () => $(`#digit input[value="${e.key}"]`)?.click()
+      : { Enter: () => $("#flag")?.click(), Backspace: undo, Escape: () => $("#clear")?.click() }[e.key];
+    if (act) { e.preventDefault(); act(); }
+  });
+
+  new MutationObserver(() => ready()).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["class"] });
+
+  window.dadc = { snapshot, next: () => ++seq, live, ready, undo };
+})();
