@@ -108,6 +108,8 @@ class RoundConfig:
     clean_drop: float = 0.003   # gate: validation clean accuracy at least round-000's minus 0.3 pt (a fixed floor)
     robust_drop: float = 0.01   # gate: validation PGD accuracy at least round-000's minus 1 pt
     human_min: int = 10         # gate: human hold-out compared with the serving round from this many examples
+    human_max: int = 400        # human examples a round trains on (the new ones first, then a replay sample of
+                                # older ones) and measures on: a round's cost does not grow with the store
     verified_only: bool = False  # train only on examples others have verified
     votes: int = 2              # agreeing validations that make an example verified
     seed: int = 0

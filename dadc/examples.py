@@ -6,6 +6,7 @@ disputed, which examples a round may learn from, which are held out (never train
 measures on them, and the export's validation split is the same set), and how rounds are named.
 """
 import hashlib
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,18 @@ def eligible(examples, cfg):
     uses verified examples only (cfg.verified_only)."""
     ok = [e for e in examples if not e.disputed]
     return [e for e in ok if e.verified(cfg.votes)] if cfg.verified_only else ok
+
+
+def for_round(examples, since, cap, seed):
+    """The human examples a round trains on, at most `cap`: every one flagged after `since` (the
+    last round's time; UTC stamps sort as text), newest first, then a seeded random replay sample
+    of the older ones, so a round's cost stays bounded as the store grows and old lessons are not
+    forgotten."""
+    new = sorted((e for e in examples if e.time > since), key=lambda e: e.time, reverse=True)[:cap]
+    old = [e for e in examples if e.time <= since]
+    return new + random.Random(seed).sample(old, min(len(old), cap - len(new)))
+
+
+def sample(examples, cap, seed):
+    """At most `cap` of the examples, a seeded random sample (the gate's human hold-out)."""
+    return list(examples) if len(examples) <= cap else random.Random(seed).sample(list(examples), cap)

@@ -19,7 +19,7 @@ import torch
 
 from . import config, files
 from .config import RoundConfig
-from .examples import eligible, round_number
+from .examples import eligible, for_round, round_number, sample
 from .gate import REFERENCE, cached_reference, gate, matrix_row, measure, reference_settings
 
 
@@ -263,11 +263,13 @@ class RetrainJob:
         g = torch.Generator().manual_seed(cfg.seed + attempt)  # a fresh MNIST sample each round
         idx = torch.randperm(n, generator=g)[:cfg.mnist_n]
         usable = eligible(self.store.examples(), cfg)
-        train_rows = [e for e in usable if not e.held_out]
-        hold_rows = [e for e in usable if e.held_out]
+        since = max((h["time"] for h in self.registry.history() if h.get("event") == "attempt"), default="")
+        train_rows = for_round([e for e in usable if not e.held_out], since, cfg.human_max, cfg.seed + attempt)
+        hold_rows = sample([e for e in usable if e.held_out], cfg.human_max, cfg.seed + attempt)
         sets = {"val": (x[n:], y[n:]), "test": (xt[:cfg.eval_n], yt[:cfg.eval_n]),
                 "holdout": self.store.tensors(hold_rows)}
-        counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows)}
+        counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows),
+                  "human eligible": len(usable)}
         return x[idx], y[idx], self.store.tensors(train_rows), sets, counts, hold_rows
 
     def _train(self, model, net, base, x, y, human, attempt):
