@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval, export, import, simulate, rollback, retrain} ... (see README).
+"""Command line: python -m dadc {data, train, eval, export, import, migrate, simulate, rollback, retrain} ... (see README).
 
 Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
@@ -115,6 +115,34 @@ def cmd_import(args, settings):
     from .importer import run
 
     print(json.dumps(run(args.source, settings.home, max_flags=settings.max_flags)))
+
+
+def cmd_migrate(args, settings):
+    """Rewrite DADC_DATASET_REPO from the earlier layout (two files a flag) into parquet shards, in
+    one commit (dadc/hub_migrate.py); downloads go to a scratch folder under DADC_HOME."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from huggingface_hub import HfApi
+
+    from .hub_migrate import migrate
+
+    if not settings.hub_enabled:
+        raise ValueError("migrate needs HF_TOKEN and DADC_DATASET_REPO (the dataset repo to rewrite)")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="migrate-", dir=settings.home)
+    try:
+        done = migrate(HfApi(token=settings.hf_token), settings.dataset_repo, Path(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not done["replicas"]:
+        print(f"nothing to migrate: {settings.dataset_repo} has no folders of the earlier layout")
+        return
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(done["skipped"].items())) or "none"
+    print(f"migrated {settings.dataset_repo} in one commit: {done['replicas']} replica folders, "
+          f"{done['flags']} flags and {done['votes']} votes into {done['shards']} parquet shards; "
+          f"{done['deleted']} files of the earlier layout deleted; bad rows left out: {skipped}")
 
 
 def cmd_rollback(args, settings):
@@ -267,6 +295,9 @@ def parser():
     s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")
     simulate.add_arguments(s)
     s.set_defaults(run=cmd_simulate)
+
+    sub.add_parser("migrate", help="rewrite DADC_DATASET_REPO from the earlier layout (images as files) into "
+                                   "parquet shards, in one commit").set_defaults(run=cmd_migrate)
 
     r = sub.add_parser("rollback", help="serve an earlier round (from the app's next start)")
     r.add_argument("round", help="e.g. round-002")

@@ -110,7 +110,7 @@ class RoundConfig:
     human_min: int = 10         # gate: human hold-out compared with the serving round from this many examples
     human_max: int = 400        # human examples a round trains on (the new ones first, then a replay sample of
                                 # older ones) and measures on: a round's cost does not grow with the store
-    verified_only: bool = False  # train only on examples others have verified
+    verified_only: bool = False  # train only on examples others have verified (default on a Space)
     votes: int = 2              # agreeing validations that make an example verified
     seed: int = 0
 
@@ -130,5 +130,7 @@ class RoundConfig:
                     values[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
                 except ValueError:
                     raise ValueError(f"{name}={raw!r}: expected a {kind.__name__} value") from None
+        if "verified_only" not in values and on_space():
+            values["verified_only"] = True  # a public Space trains only on what others confirmed
         values.update(overrides)
         return cls(**values)

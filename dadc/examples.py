@@ -8,7 +8,8 @@ measures on them, and the export's validation split is the same set), and how ro
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROUND_NAME = re.compile(r"round-(\d{3,})")
@@ -36,21 +37,38 @@ class Example:
     session: str               # who flagged it (an identity, never a secret)
     path: Path                 # the 28x28 PNG (white digit on black, as MNIST)
     canvas_path: Path          # the original canvas (the 28x28 itself when none was kept)
-    agree: int = 0             # votes: one per voter, their latest
+    agree: int = 0             # votes of others: one per voter, their latest
     disagree: int = 0
+    corrections: tuple = ()    # the digits that disagreeing voters said it is (one per voter who gave one)
+    admin: bool | None = None  # an admin's verdict (their latest vote), if one voted
+    retracted: bool = False    # the flagger took it back
 
     @property
     def fooled(self) -> bool:
         """The model said another digit than the person's (not just unsure)."""
         return self.prediction not in (-1, self.label)
 
+    def corrected(self, votes: int):
+        """The digit that at least `votes` disagreeing voters gave, or None (the label stands)."""
+        if self.corrections:
+            digit, n = Counter(self.corrections).most_common(1)[0]
+            if n >= votes:
+                return digit
+        return None
+
     @property
     def disputed(self) -> bool:
-        return self.disagree > self.agree
+        return self.admin is False or (self.admin is None and self.disagree > self.agree)
 
     def verified(self, votes: int) -> bool:
-        """`votes` others agreed with the label, and more agreed than disagreed."""
+        """An admin agreed, or `votes` others agreed and more agreed than disagreed."""
+        if self.retracted or self.admin is not None:
+            return bool(self.admin) and not self.retracted
         return self.agree >= votes and self.agree > self.disagree
+
+    def decided(self, votes: int) -> bool:
+        """No more votes are asked for: retracted, judged by an admin, or `votes` voters on one side."""
+        return self.retracted or self.admin is not None or max(self.agree, self.disagree) >= votes
 
     @property
     def held_out(self) -> bool:
@@ -60,9 +78,11 @@ class Example:
 @dataclass(frozen=True)
 class Vote:
     id: str        # the example voted on
-    session: str   # who voted
+    session: str   # who voted (the flagger voting against their own example retracts it)
     agree: bool
     time: str
+    digit: int | None = None  # with a disagreeing vote: the digit the voter says it is
+    admin: bool = False       # cast by an admin (DADC_ADMINS): decides alone
 
 
 def held_out(example_id: str) -> bool:
@@ -72,10 +92,19 @@ def held_out(example_id: str) -> bool:
 
 
 def eligible(examples, cfg):
-    """Examples a round may learn from: not disputed, and verified (cfg.votes agreeing) if the round
-    uses verified examples only (cfg.verified_only)."""
-    ok = [e for e in examples if not e.disputed]
-    return [e for e in ok if e.verified(cfg.votes)] if cfg.verified_only else ok
+    """Examples a round may learn from, with the label they are learnt with: not retracted; an
+    example that `cfg.votes` voters corrected to one digit, with that digit (validated); else not
+    disputed, and verified if the round uses verified examples only (cfg.verified_only)."""
+    out = []
+    for e in examples:
+        if e.retracted or e.admin is False:
+            continue
+        digit = e.corrected(cfg.votes)
+        if digit is not None and e.admin is None:
+            out.append(replace(e, label=digit))
+        elif not e.disputed and (e.verified(cfg.votes) or not cfg.verified_only):
+            out.append(e)
+    return out
 
 
 def for_round(examples, since, cap, seed):

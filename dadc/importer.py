@@ -61,15 +61,17 @@ class Bad(ValueError):
 class Row:
     pixels: np.ndarray            # uint8 [28, 28], white on black
     label: int
-    canvas: Image.Image | None = None
+    canvas: Image.Image | None = None   # as the app keeps it (service.keepable)
     prediction: int | None = None
     confidences: list | None = None
     round: int = 0
 
 
 def _quote(value):
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:MAX_DETAIL] + ("..." if len(text) > MAX_DETAIL else ""))
+    """A value from a row, bounded, for a report: strings quoted, anything else as Python shows it."""
+    if not isinstance(value, str):
+        return repr(value)[:MAX_DETAIL]
+    return repr(value[:MAX_DETAIL] + ("..." if len(value) > MAX_DETAIL else ""))
 
 
 def _int(value, lo, hi, what):
@@ -90,7 +92,7 @@ def _open(data_or_path, what):
     except FileNotFoundError:
         raise Bad("missing file", f"{what} missing") from None
     except Exception as e:  # UnidentifiedImageError, a decompression bomb, a truncated header...
-        raise Bad("not an image", f"{what} is not an image ({type(e).__name__})") from None
+        raise Bad("not an image", f"{what}: not an image ({type(e).__name__})") from None
     try:
         preprocess.check_size(*img.size)
     except preprocess.CanvasError as e:
@@ -103,7 +105,7 @@ def _load(img, what):
     try:
         img.load()
     except Exception as e:  # a truncated or corrupt image body
-        raise Bad("not an image", f"{what} is not a readable image ({type(e).__name__}: "
+        raise Bad("not an image", f"{what}: not a readable image ({type(e).__name__}: "
                                   f"{str(e)[:MAX_DETAIL]})") from None
 
 
@@ -165,7 +167,7 @@ def read_drawing(folder, name, label):
             x = preprocess.to_mnist(img)
         except preprocess.CanvasError as e:
             raise Bad("unreadable canvas", f"file {_quote(name)}: unreadable canvas: {e}") from None
-        return Row(pixels_of(x), label, canvas=compact(keepable(img)))
+        return Row(pixels_of(x), label, canvas=keepable(img))  # small: rows in flight stay bounded
 
 
 # --- a parquet export ----------------------------------------------------------------------------
@@ -213,10 +215,10 @@ def read_exported(row):
     """One exported row as a Row, or Bad. The 28x28 is used as it is."""
     label = _int(row.get("label"), 0, 9, "label")
     data = _image_bytes(row.get("image"), "image")
-    with _open(io.BytesIO(data), "image") as img:
+    with _open(io.BytesIO(data), "image column") as img:
         if img.size != (28, 28):
             raise Bad("image not 28x28", f"image is {img.size[0]}x{img.size[1]}, not 28x28")
-        _load(img, "image")
+        _load(img, "image column")
         pixels = np.asarray(preprocess.eight_bit(img).convert("L"), dtype=np.uint8)
     prediction = row.get("prediction")
     prediction = None if prediction is None or prediction == -1 else _int(prediction, 0, 9, "prediction")
@@ -235,9 +237,9 @@ def read_exported(row):
     if raw and bytes(raw) != data:  # the export repeats the 28x28 where no canvas was kept
         from .service import keepable
 
-        with _open(io.BytesIO(bytes(raw)), "canvas") as img:
-            _load(img, "canvas")
-            canvas = compact(keepable(img))
+        with _open(io.BytesIO(bytes(raw)), "canvas column") as img:
+            _load(img, "canvas column")
+            canvas = keepable(img)
     return Row(pixels, label, canvas, prediction, confidences, round_)
 
 
@@ -282,6 +284,13 @@ def _prefetched(fn, items, workers=WORKERS, window=32):
         while pending:
             it, fut = pending.popleft()
             yield (it, *fut.result())
+
+
+def append(store, row, session):
+    """Store one row (its canvas in compact form: made only for a row that is not a duplicate)."""
+    canvas = None if row.canvas is None else compact(row.canvas)
+    return store.append(row.pixels, row.label, canvas=canvas, prediction=row.prediction,
+                        confidences=row.confidences, round=row.round, session=session)
 
 
 def run(source, home, max_flags=None, err=None):
@@ -363,9 +372,7 @@ def run(source, home, max_flags=None, err=None):
                         counts["over_cap"] += 1
                         continue
                     seen.add(k)
-                    pending.append((where, k, writers.submit(
-                        store.append, row.pixels, row.label, canvas=row.canvas, prediction=row.prediction,
-                        confidences=row.confidences, round=row.round, session=session)))
+                    pending.append((where, k, writers.submit(append, store, row, session)))
                 while pending:
                     settle(*pending.popleft())
             except Exception as e:  # e.g. StoreError: a full or read-only disk

@@ -19,7 +19,7 @@ import numpy as np
 from . import dashboard, data, files, preprocess
 from .checkpoint import CheckpointError
 from .config import RoundConfig
-from .examples import round_number
+from .examples import eligible, round_number
 from .registry import ROUND0, Predictor, Registry
 from .retrain import RetrainJob
 from .store import FlagStore, StoreError
@@ -208,33 +208,57 @@ class Studio:
     # --- verify ---
 
     def next_to_verify(self, who):
-        """Someone else's example this visitor has not judged yet, fewest votes first; None if none."""
-        e = self.store.next_to_judge(visitor(who).id)
+        """Someone else's example this visitor has not judged yet and nobody has decided, fewest
+        votes first; None if none."""
+        e = self.store.next_to_judge(visitor(who).id, self.cfg.votes)
         return None if e is None else {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
 
-    def verify(self, id_, agree, who):
-        """One vote per visitor and example (a later one replaces theirs), never on one's own."""
+    def verify(self, id_, agree, who, digit=None):
+        """One vote per visitor and example (a later one replaces theirs), never on one's own; a
+        disagreeing voter may say which digit it is, and `votes` such corrections relabel it. An
+        admin's vote decides alone (Dynabench's validation)."""
         who = visitor(who)
         if self.settings.vote_login and who.anonymous:
             raise StudioError("Log in with Hugging Face to vote.")
-        example = self.store.find(id_)
-        if example is None:
-            raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
+        example = self._example(id_)
         if example.session == who.id:
-            raise StudioError("You cannot verify your own example.")
+            raise StudioError("You cannot verify your own example (you may retract it).")
         if not isinstance(agree, bool):
             raise StudioError(f"agree must be true or false, got {agree!r}.")
-        was = example.verified(self.cfg.votes)
+        if digit is not None and (agree or isinstance(digit, bool) or digit not in range(10)):
+            raise StudioError("The right digit (0-9) goes only with a 'no' vote.")
+        self._vote(example, who, agree, digit)
+        example = self.store.find(id_)
+        return {"id": id_, "agree": example.agree, "disagree": example.disagree,
+                "verified": example.verified(self.cfg.votes), "corrected": example.corrected(self.cfg.votes),
+                "decided": example.decided(self.cfg.votes)}
+
+    def retract(self, id_, who):
+        """The flagger takes their own example back: it trains nothing and is asked of nobody."""
+        who = visitor(who)
+        example = self._example(id_)
+        if example.session != who.id:
+            raise StudioError("Only the person who flagged an example may retract it.")
+        self._vote(example, who, False, None)
+        return {"id": id_, "retracted": True}
+
+    def _example(self, id_):
+        example = self.store.find(id_) if isinstance(id_, str) else None
+        if example is None:
+            raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
+        return example
+
+    def _usable(self, example):
+        return bool(eligible([example], self.cfg))
+
+    def _vote(self, example, who, agree, digit):
         try:
-            self.store.validate(id_, who.id, agree)
+            self.store.validate(example.id, who.id, agree, digit=digit, admin=self.is_admin(who))
         except (StoreError, ValueError) as e:
             raise StudioError(str(e)) from None
         self._changed()
-        example = self.store.find(id_)
-        now = example.verified(self.cfg.votes)
-        if self.cfg.verified_only and now and not was:
-            self.job.notify()
-        return {"id": id_, "agree": example.agree, "disagree": example.disagree, "verified": now}
+        if self.cfg.verified_only and not self._usable(example) and self._usable(self.store.find(example.id)):
+            self.job.notify()  # it just became something a round may learn from
 
     # --- rounds ---
 

@@ -1,16 +1,18 @@
 """FlagStore: the local, durable, append-only store of flagged human examples. It alone opens the
 files under DADC_HOME/flags; others use its public methods (the Hub sync included).
 
-Local disk is the source of truth; the Hub is a copy. The layout is the Hub dataset's layout, so
-the pushed repo and the local folder load the same way with `datasets` (the imagefolder convention:
-a metadata.jsonl whose rows name their image under `file_name` and the true digit under `label`):
+Local disk is the source of truth; the Hub is a copy, in a layout of its own (parquet shards with
+the images inside: hub_layout.py). The local folder loads with `datasets` too (the imagefolder
+convention: a metadata.jsonl whose rows name their image under `file_name` and the true digit
+under `label`):
 
-    flags/README.md                          dataset card (tells `datasets` which files are data)
-    flags/replica                            this DADC_HOME's replica id (Hub path data/<replica>/)
+    flags/README.md                          dataset card of the local folder (tells `datasets` which files are data)
+    flags/replica                            this DADC_HOME's replica id (Hub paths data/<replica>/, votes/<replica>/)
     flags/data/<replica>/metadata.jsonl      one JSON row per flagged example, append-only
     flags/data/<replica>/votes.jsonl         validations ("I agree this is a 7"), append-only
     flags/data/<replica>/images/<id>.png     the 28x28 image (white digit on black, as MNIST)
     flags/data/<replica>/images/<id>-canvas.png   the original canvas
+    flags/pushed.json                        what the pushes to each Hub repo carried (byte offsets, rows)
     flags/tmp/  flags/.lock  flags/.push.lock     never pushed
 
 Concurrency: rows are appended with files.append_line (flock, torn-tail repair, fsync), so many
@@ -41,8 +43,9 @@ from . import files, hub_rows
 from .hub_rows import MAX_SESSION, ROWS, VOTES, Filled
 from .examples import Example, Vote
 
-# Shown on the Hub and read by `datasets`: only images and metadata.jsonl are data files, so the
-# votes.jsonl files never make `datasets` pick the json builder instead of imagefolder.
+# Read by `datasets` in the local folder (the Hub has its own card, hub_layout.CARD): only images and
+# metadata.jsonl are data files, so the votes.jsonl files never make `datasets` pick the json
+# builder instead of imagefolder.
 CARD = """---
 configs:
 - config_name: default
@@ -66,6 +69,7 @@ Columns: `image` (28x28, white digit on black, as MNIST), `canvas` (the original
 `session`, `id`. `data/*/votes.jsonl` holds validations by other people: `{"id", "session", "agree", "time"}`.
 """
 
+PUSHED = "pushed.json"  # what the pushes to each Hub repo carried (hubsync), under flags/
 FIELDS = ("file_name", "canvas_file_name", "label", "prediction", "confidences", "round", "time", "session", "id")
 REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a replica folder name from outside is used only if plain
 
@@ -77,16 +81,33 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class StoreFile:
-    """One file of this replica as a push should send it: `size` bytes (rows measured under the
-    appenders' lock, so no half line), named `rel` in the dataset repo. `key` changes when it does."""
+    """One row file of this replica (flags or votes) as a push should read it: its first `size`
+    bytes, measured under the appenders' lock, so only whole rows, each naming images in place."""
     path: Path
-    rel: str
     size: int
-    key: tuple
 
-    def read(self) -> bytes:
-        with open(self.path, "rb") as f:
-            return f.read(self.size)
+    def rows(self, start=0):
+        """(the rows from byte `start` up to `size`, the byte offset after the last whole line)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                data = f.read(max(0, self.size - start))
+        except FileNotFoundError:
+            return [], start
+        end = data.rfind(b"\n") + 1  # a torn tail (cut at the next append) is not a row yet
+        rows = []
+        for line in data[:end].split(b"\n"):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows, start + end
+
+    def image(self, name) -> bytes:
+        """The PNG bytes of an image a row of this file names (images/<id>.png)."""
+        return (self.path.parent / name).read_bytes()
 
 
 def _png(img):
@@ -194,20 +215,27 @@ class _Index:
             self.by_votes[len(votes)].discard(id_)
             self.by_votes.setdefault(len(votes) + 1, _Bag()).add(id_)
             self.voted.setdefault(who, set()).add(id_)
-        votes[who] = bool(row.get("agree"))
+        digit = row.get("digit")
+        votes[who] = (bool(row.get("agree")), digit if isinstance(digit, int) and 0 <= digit <= 9 else None,
+                      row.get("admin") is True)
 
     def example(self, id_):
         row, d = self.rows[id_]
-        agree = sum(self.votes[id_].values())
+        others = {who: v for who, v in self.votes[id_].items() if who != row["session"]}
+        own = self.votes[id_].get(row["session"])
+        agree = sum(a for a, _, _ in others.values())
+        admin = [a for a, _, is_admin in others.values() if is_admin]
         return Example(id=id_, label=row["label"], prediction=row["prediction"], confidences=tuple(row["confidences"]),
                        round=row["round"], time=row["time"], session=row["session"], path=d / row["file_name"],
-                       canvas_path=d / row["canvas_file_name"], agree=agree, disagree=len(self.votes[id_]) - agree)
+                       canvas_path=d / row["canvas_file_name"], agree=agree, disagree=len(others) - agree,
+                       corrections=tuple(g for a, g, _ in others.values() if not a and g is not None),
+                       admin=admin[-1] if admin else None, retracted=own is not None and not own[0])
 
-    def next_to_judge(self, who, rng):
+    def next_to_judge(self, who, rng, votes):
         voted = self.voted.get(who, ())
 
         def fits(i):
-            return i not in voted and self.rows[i][0]["session"] != who
+            return i not in voted and self.rows[i][0]["session"] != who and not self.example(i).decided(votes)
         for k in sorted(self.by_votes):
             bag = self.by_votes[k]
             for _ in range(self.PROBES if len(bag) > self.PROBES else 0):
@@ -333,15 +361,20 @@ class FlagStore:
             raise StoreError(_why(self.root, e)) from None
         return id_
 
-    def validate(self, id, session, agree):
-        """Record that `session` agrees (or not) with the label of flag `id`. Appended, never rewritten."""
+    def validate(self, id, session, agree, digit=None, admin=False):
+        """Record that `session` agrees (or not) with the label of flag `id`, and with a disagreeing
+        vote the digit it is (optional); `admin`: cast by an admin. A vote by the flagger against
+        their own example retracts it. Appended, never rewritten: a voter's latest vote counts."""
         if self.readonly:
             raise StoreError("the flag store was opened read-only")
         if not isinstance(agree, bool):
             raise ValueError(f"agree must be a bool, got {agree!r}")
+        if digit is not None and (agree or _as_label(digit, "digit") is None):
+            raise ValueError("a digit goes only with a disagreeing vote")
         if self.find(id) is None:
             raise ValueError(f"no flagged example with id {str(id)[:80]!r}")
-        row = {"id": id, "session": str(session)[:MAX_SESSION], "agree": agree, "time": files.utc_now()}
+        row = {"id": id, "session": str(session)[:MAX_SESSION], "agree": agree, "time": files.utc_now(),
+               **({"digit": int(digit)} if digit is not None else {}), **({"admin": True} if admin else {})}
         try:
             files.append_line(self.dir / VOTES, row)
         except OSError as e:
@@ -356,7 +389,8 @@ class FlagStore:
 
     def validations(self):
         """All votes of all replicas, oldest first per replica."""
-        return [Vote(str(v["id"]), str(v.get("session", "")), bool(v.get("agree")), str(v.get("time", "")))
+        return [Vote(str(v["id"]), str(v.get("session", "")), bool(v.get("agree")), str(v.get("time", "")),
+                     v.get("digit") if v.get("digit") in range(10) else None, v.get("admin") is True)
                 for d in self.replica_dirs() for v in files.read_jsonl(d / VOTES) if "id" in v]
 
     def examples(self):
@@ -375,12 +409,13 @@ class FlagStore:
         with self._index_lock:
             return len(self._fresh_index().rows)
 
-    def next_to_judge(self, session, rng=random):
-        """An example `session` neither flagged nor voted on, among those with the fewest votes
-        (a random one of them), or None. Cost bounded by PROBES per vote count, not by the store."""
+    def next_to_judge(self, session, votes, rng=random):
+        """An example `session` neither flagged nor voted on and not yet decided (Example.decided
+        with `votes`), among those with the fewest votes (a random one of them), or None. Cost
+        bounded by PROBES per vote count, not by the store."""
         with self._index_lock:
             index = self._fresh_index()
-            id_ = index.next_to_judge(session, rng)
+            id_ = index.next_to_judge(session, rng, votes)
             return None if id_ is None else index.example(id_)
 
     def version(self):
@@ -424,32 +459,52 @@ class FlagStore:
             yield
 
     def snapshot(self):
-        """This replica's files as a push should send them (StoreFile), the dataset card first.
-        Rows are measured first, under the appenders' lock, so every row pushed names an image that
-        is already in place (images are renamed before their row is appended)."""
-        sizes = {}
+        """{ROWS: StoreFile, VOTES: StoreFile} of this replica, as a push should read them. Both are
+        measured under the appenders' lock, so every row pushed names an image that is already in
+        place (images are renamed before their row is appended)."""
+        out = {}
         for name in (ROWS, VOTES):
             path = self.dir / name
-            if path.exists():
+            try:
                 with files.locked(path, os.O_RDONLY, shared=True) as fd:
-                    sizes[path] = os.fstat(fd).st_size
-        out = []
-        for path in [self.root / "README.md", *sorted((self.dir / "images").glob("*.png")), *sizes]:
-            if path.is_file():
-                st = path.stat()
-                size = sizes.get(path, st.st_size)
-                out.append(StoreFile(path, path.relative_to(self.root).as_posix(), size, (st.st_mtime, size)))
+                    out[name] = StoreFile(path, os.fstat(fd).st_size)
+            except FileNotFoundError:
+                out[name] = StoreFile(path, 0)
         return out
 
-    def row_counts(self):
-        """{file: rows} of this replica's row files (flags and votes), for 'pending' counts."""
+    def row_counts(self, after=None):
+        """{ROWS: n, VOTES: n}: rows of this replica's row files past byte `after[name]` (all rows
+        by default); for 'pending' counts, reading only what was not pushed."""
         counts = {}
         for name in (ROWS, VOTES):
             try:
-                counts[self.dir / name] = (self.dir / name).read_bytes().count(b"\n")
+                with open(self.dir / name, "rb") as f:
+                    f.seek((after or {}).get(name, 0))
+                    counts[name] = f.read().count(b"\n")
             except FileNotFoundError:
-                pass
+                counts[name] = 0
         return counts
+
+    def pushed(self, repo_id):
+        """What earlier pushes of this replica to `repo_id` carried (flags/pushed.json), as
+        hubsync recorded it after each successful commit; {} if none (or the record is unreadable:
+        then everything is pushed again, which the shard names make harmless)."""
+        try:
+            record = json.loads((self.root / PUSHED).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        marks = record.get(repo_id) if isinstance(record, dict) else None
+        return marks if isinstance(marks, dict) else {}
+
+    def record_pushed(self, repo_id, marks):
+        """Record (atomically) what the pushes to `repo_id` have carried so far; call after the
+        commit succeeded, under push_lock. Other repos' records are kept."""
+        try:
+            record = json.loads((self.root / PUSHED).read_bytes())
+        except (FileNotFoundError, ValueError):
+            record = {}
+        record = {**(record if isinstance(record, dict) else {}), repo_id: marks}
+        files.write_atomic(self.root / PUSHED, json.dumps(record, indent=1), self.root / "tmp")
 
     @contextmanager
     def scratch(self):
@@ -471,41 +526,57 @@ class FlagStore:
 # --- adopting replicas restored from the Hub (module functions: the class stays the store itself) ---
 
 def fill_replica(store, *srcs):
-    """Adopt replica folders downloaded from the Hub (each .../data/<replica>/) that the store
-    lacks. Their rows are untrusted input: each one is checked (hub_rows.py) and only good
-    ones are written, as canonical JSON of our own, after the images they name are moved in.
-    Every folder's rows come first, then the votes, kept only when they name a row the store
-    then has (a vote lives in the voter's replica; the flag it judges may be in another).
-    Bad rows are skipped, logged one line each (logger "dadc.restore") and counted by reason.
-    Local rows are never merged with or overwritten."""
+    """Adopt replicas downloaded from the Hub that the store lacks: hub_rows.Shards (the parquet
+    layout) or hub_rows.Folder (the earlier one; a path is taken as one). Their rows are untrusted
+    input: each one is checked (hub_rows.py) and only good ones are written, as canonical JSON of
+    our own, after the images they name are in place. Every replica's rows come first, then the
+    votes, kept only when they name a row the store then has (a vote lives in the voter's replica;
+    the flag it judges may be in another). Bad rows are skipped, logged one line each (logger
+    "dadc.restore") and counted by reason. Local rows are never merged with or overwritten."""
     skipped = Counter()
-    filled = {src: _fill_rows(store, src, skipped) for src in map(Path, srcs)}
+    srcs = [src if hasattr(src, "rows") else hub_rows.Folder(src) for src in srcs]
+    filled = {src: _fill_rows(store, src, skipped) for src in srcs}
     filled = {src: n for src, n in filled.items() if n is not None}
     known = _row_ids(store)
     votes = sum(_fill_votes(store, src, known, skipped) for src in filled)
     return Filled(added=sum(filled.values()), votes=votes, skipped=dict(skipped))
 
 def _fill_rows(store, src, skipped):
-    """Write the good rows of one folder and move in their images; the number written, or None
-    if the store does not lack this replica (then nothing is touched)."""
-    if not (src.is_dir() and not src.is_symlink() and store.lacks_replica(src.name)):
+    """Write the good rows of one replica and put their images in place first; the number written,
+    or None if the store does not lack this replica (then nothing is touched)."""
+    if not store.lacks_replica(src.name):
         return None
     dest = store.root / "data" / src.name
     (dest / "images").mkdir(parents=True, exist_ok=True)
     with files.locked(dest / ROWS) as fd:
         if os.fstat(fd).st_size:  # another process on this home filled it meanwhile
             return None
-        rows = hub_rows.good_rows(src, _row_ids(store), skipped)
-        for row in rows:  # images first: a row never names a missing file
-            for name in {row["file_name"], row["canvas_file_name"]}:
-                os.replace(src / name, dest / name)
+        rows = []
+        for row, images in src.rows(_row_ids(store), skipped):  # streamed: one shard batch in memory
+            for name, data in images.items():
+                _put_image(dest / name, data)
+            rows.append(row)
+        # the images are durable before a row names them: one sync for all of them (an fsync each
+        # took 85 % of a restore: 3 ms a file here), then their names
+        os.sync()
         files.fsync_dir(dest / "images")
-        hub_rows.write_rows(fd, rows)
+        hub_rows.write_rows(fd, rows)  # a crash before this line leaves images no row names: harmless
     return len(rows)
 
+def _put_image(dest, data):
+    """A downloaded image file moved in, or PNG bytes from a shard written (synced by the caller)."""
+    if isinstance(data, Path):
+        os.replace(data, dest)
+        return
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        files.write_all(fd, data)
+    finally:
+        os.close(fd)
+
 def _fill_votes(store, src, known, skipped):
-    """Write the good votes of one filled folder, unless its votes file has some already."""
-    votes = hub_rows.good_votes(src, known, skipped)
+    """Write the good votes of one filled replica, unless its votes file has some already."""
+    votes = src.votes(known, skipped)
     with files.locked(store.root / "data" / src.name / VOTES) as fd:
         if os.fstat(fd).st_size:
             return 0

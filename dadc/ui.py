@@ -9,6 +9,7 @@ API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketch
 import atexit
 import functools
 import html
+import json
 import math
 import signal
 import threading
@@ -20,6 +21,7 @@ from PIL import Image
 
 from . import config, guard, page, preprocess
 from .components import Canvas, Digit
+from .examples import round_number
 from .registry import ROUND0
 from .service import Studio, StudioError, Visitor
 from .tally import Tally
@@ -88,11 +90,11 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
     who = identify(studio.settings)
 
     # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk).
-    # head/css: the Draw tab's browser side (page.py). Gradio 6 wants them in launch() and warns
-    # here, but any launch() falls back to these: so every launcher (app.py, tests, benchmarks) has them.
+    # head: the Draw tab's browser side (page.py). Gradio 6 wants it in launch() and warns here, but
+    # any launch() falls back to it: so every launcher (app.py, the tests, the benchmarks) has it.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The parameters have been moved", UserWarning)
-        blocks = gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS), css=page.css())
+        blocks = gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS))
     with blocks as demo:
         demo.studio = studio
         gr.Markdown(INTRO)
@@ -108,32 +110,90 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
     return demo
 
 
+BRUSH = 12  # the brush's radius in canvas px: 24 px strokes, a pen's width for a digit ~250 px tall
+KEYS = "Keys: <kbd>0</kbd>-<kbd>9</kbd> pick the true digit, <kbd>Enter</kbd> flags, <kbd>Backspace</kbd> undoes, <kbd>Esc</kbd> clears."
+
+
+def top_line(value, seq=0):
+    """The top prediction, large, right under the canvas (on a phone the first screen holds it).
+    data-seq names the page's snapshot it answers (tests and benchmarks wait for it)."""
+    if isinstance(value, dict):
+        d = max(value, key=value.get)
+        said = f'<b class="digit">{d}</b> <span class="sure">{value[d]:.0%} sure</span>'
+    else:
+        said = f'<span class="msg">{html.escape(value or "draw a digit")}</span>'
+    return f'<div class="dadc-top" data-seq="{seq}"><span>The model says</span> {said}</div>'
+
+
+def feedback_text(r, flags, fooled, hint, serving):
+    """After a flag: the receipt, the visitor's running count, and what still fools the round."""
+    lines = [f"**{'You fooled it!' if r['fooled'] else 'Not fooled this time.'}** {md(r['message'])}",
+             f"Your flags: **{flags}**, of which **{fooled}** fooled the model."]
+    window_round, digit, n_fooled, n = hint
+    if window_round != serving or not n:
+        lines.append(f"Nobody has flagged round {serving} yet.")
+    elif digit is None:
+        lines.append(f"None of the last {n} flag{'s' * (n > 1)} fooled round {serving}: find its blind spot.")
+    else:
+        lines.append(f"Hint: lately, **{digit}s** fool round {serving} most often ({n_fooled} of {n} flags).")
+    return "\n\n".join(lines)
+
+
 def draw_tab(studio, who):
+    """Drawing is the Sketchpad; its value travels only to the API's /predict and /flag. The page
+    reads the drawing in the browser (page.js: snapshot()) and sends that PNG to light events:
+    the live prediction on every mouse-up, and the flag (so it stores what the visitor saw)."""
+    tally = Tally()  # the visitors' running counts and the hint (tally.py)
     with gr.Row():
         with gr.Column(scale=3):
             canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
-                            brush=gr.Brush(default_size=20, colors=["#000000"], color_mode="fixed"),
+                            brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
                             layers=False, transforms=(), elem_id="canvas", height=520)
-            with gr.Row():
-                submit = gr.Button("Submit", variant="primary")
-                gr.ClearButton(canvas, value="Clear")
+            top = gr.HTML(top_line(None), elem_id="dadc-top", js_on_load=None)
+            with gr.Row(elem_id="dadc-tools"):
+                gr.Button("Undo", size="md", elem_id="undo").click(None, js="() => dadc.undo()")
+                clear = gr.ClearButton(canvas, value="Clear", size="md", elem_id="clear")
         with gr.Column(scale=2):
-            label = gr.Label(num_top_classes=3, label="The model says")
+            label = gr.Label(num_top_classes=3, label="The model says", elem_id="dadc-label")
             seen = gr.Image(label="What the model sees (28x28)", image_mode="L", height=140,
                             interactive=False, buttons=[])
-            digit = Digit([(str(d), d) for d in range(10)], label="The true digit")
-            flag_btn = gr.Button("Flag: the model got it wrong (or was unsure)", variant="stop")
-            feedback = gr.Markdown()
+            digit = Digit([(str(d), d) for d in range(10)], label="The true digit", elem_id="digit")
+            flag_btn = gr.Button("Flag: the model got it wrong (or was unsure)", variant="stop", elem_id="flag")
+            feedback = gr.Markdown(elem_id="feedback")
+            gr.Markdown(KEYS, elem_id="keys")
             gr.Markdown(privacy_notice(studio.settings))
-            receipt = gr.JSON(visible=False)
+    clear.add([label, seen])
+    clear.click(None, None, top, js=f"() => [{json.dumps(top_line(None))}]")  # in the browser, no request
+    # the page's light path: a PNG of the drawing (page.snapshot) and its number, filled in by js=
+    snap, seq = gr.Textbox(visible=False), gr.Number(visible=False)
+    live_btn = gr.Button(visible="hidden", elem_id="dadc-live")  # clicked by page.js on mouse-up
+    # the API's endpoints, which take Sketchpad values; the page does not use them
+    submit, flag_api = gr.Button("Submit", visible=False), gr.Button("Flag", visible=False)
+    receipt = gr.JSON(visible=False)
     seen_state = gr.State()
 
-    def live(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        value, x = studio.predict(canvas_value, who(request, profile).id)
-        return {label: value, seen: seen_image(x)}
+    def counted():
+        """The tally, with the stored flags counted once they are all in (after a Hub restore)."""
+        if not tally.seeded and not getattr(studio, "restoring", False):
+            tally.seed(studio.store.examples(), round_number(studio.predictor.round))
+        return tally
 
-    canvas.change(live, canvas, [label, seen], api_visibility="private", trigger_mode="always_last",
-                  show_progress="hidden", concurrency_limit=None)
+    counted()
+
+    def drawing(png):
+        try:
+            return page.snapshot(png, CANVAS)
+        except preprocess.CanvasError as e:
+            raise gr.Error(f"Nothing done: {e}.") from None
+
+    def live(png, n, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        value, x = studio.predict(drawing(png), who(request, profile).id)
+        n = int(n) if isinstance(n, (int, float)) and math.isfinite(n) and abs(n) < 2**53 else 0
+        return {label: value, seen: seen_image(x), top: top_line(value, n)}
+
+    live_btn.click(live, [snap, seq], [label, seen, top], js="() => [dadc.snapshot(), dadc.next()]",
+                   api_visibility="private", trigger_mode="always_last", show_progress="hidden",
+                   concurrency_limit=None)
 
     def predict(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return studio.predict(canvas_value, who(request, profile).id)  # (label value, 28x28)
@@ -143,21 +203,33 @@ def draw_tab(studio, who):
 
     @shown
     def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        return studio.flag(canvas_value, true_digit, who(request, profile))
+        visitor = who(request, profile)
+        receipt = studio.flag(canvas_value, true_digit, visitor)
+        counted().add(visitor.id, receipt)
+        return receipt
 
-    def after_flag(r):
-        return {feedback: r["message"], digit: None, label: None, seen: None}
+    flag_api.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
 
-    flagged = flag_btn.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
+    def flag_drawing(png, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return flag(drawing(png), true_digit, request, profile)
+
+    def after_flag(r, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        flags, fooled = counted().visitor(who(request, profile).id)
+        text = feedback_text(r, flags, fooled, tally.hint(), round_number(studio.predictor.round))
+        return {feedback: text, digit: None, label: None, seen: None, top: top_line(None)}
+
+    flagged = flag_btn.click(flag_drawing, [snap, digit], receipt, js="(png, d) => [dadc.snapshot(), d]",
+                             api_visibility="private", concurrency_limit=None)
     # only once the flag is stored (success) is the canvas cleared, and in the browser (pure JS,
     # as gr.ClearButton does): a Python event that writes None to the Sketchpad can leave it
-    # stuck "processing"
+    # stuck "processing". page.js then makes the brush ready again.
     flagged.success(None, None, canvas, js="() => [null]", api_visibility="private")
-    flagged.success(after_flag, receipt, [feedback, digit, label, seen], api_visibility="private")
+    flagged.success(after_flag, receipt, [feedback, digit, label, seen, top], api_visibility="private")
 
 
 def verify_tab(studio, who):
-    gr.Markdown("Check other people's flags (never your own): is the label right?")
+    gr.Markdown("Check other people's flags (never your own): is the label right? If not, say which digit "
+                "it is: when enough people agree, the example is relabelled.")
     with gr.Row():
         picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[])
         with gr.Column():
@@ -167,9 +239,16 @@ def verify_tab(studio, who):
             with gr.Row():
                 yes = gr.Button("Yes, that label is right", variant="primary")
                 no = gr.Button("No, it is wrong")
+            right = gr.Radio([(str(d), d) for d in range(10)], label="With 'No': it is a … (optional)")
             next_btn = gr.Button("Next")
             thanks = gr.Markdown()
             result = gr.JSON(visible=False)
+    with gr.Accordion("Flagged one by mistake?", open=False):
+        gr.Markdown("Take back one of your own flags (its id is in the receipt after you flag).")
+        with gr.Row():
+            own_id = gr.Textbox(label="Flag id", max_length=64)
+            retract_btn = gr.Button("Retract it")
+        retracted = gr.Markdown()
     shows = [picture, question, example_id, example_label, result]
 
     def next_example(request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -184,23 +263,38 @@ def verify_tab(studio, who):
 
     def vote(agree):
         @shown
-        def cast(id_, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        def cast(id_, digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
             if not id_:
                 raise StudioError("Press Next first.")
-            r = studio.verify(id_, agree, who(request, profile))
+            r = studio.verify(id_, agree, who(request, profile), None if agree else digit)
             done = " It is now verified." if r["verified"] else ""
+            if r["corrected"] is not None:
+                done = f" It is now relabelled as {r['corrected']}."
             return {result: r, thanks: f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"}
         return cast
 
     for btn, agree in ((yes, True), (no, False)):
-        btn.click(vote(agree), example_id, [result, thanks], api_visibility="private").success(
-            next_example, None, shows, api_visibility="private")
+        btn.click(vote(agree), [example_id, right], [result, thanks], api_visibility="private").success(
+            next_example, None, shows, api_visibility="private").then(
+            lambda: None, None, right, api_visibility="private")
 
     @shown
-    def verify_api(id_: str, agree: bool, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
-        return studio.verify(id_, agree, who(request, profile))
+    def verify_api(id_: str, agree: bool, digit: int | None = None, request: gr.Request = None,
+                   profile: gr.OAuthProfile | None = None) -> dict:
+        """Vote on someone else's example; with agree=false, optionally the digit it really is."""
+        return studio.verify(id_, agree, who(request, profile), digit)
 
     gr.api(verify_api, api_name="verify", concurrency_limit=None)
+
+    @shown
+    def retract_api(id_: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Take back one of your own flags."""
+        return studio.retract(id_.strip() if isinstance(id_, str) else id_, who(request, profile))
+
+    gr.api(retract_api, api_name="retract", concurrency_limit=None)
+    retract_btn.click(retract_api, own_id, None, api_visibility="private").success(
+        lambda: "Retracted: it trains nothing and nobody is asked about it.", None, retracted,
+        api_visibility="private")
 
 
 def dashboard_tab(studio, who, tab):

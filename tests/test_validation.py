@@ -1,0 +1,118 @@
+"""Validation as Dynabench does it, through `python app.py` and plain clients (each client its own
+visitor, DADC_VOTES=2): verified by two others; a validator who disagrees gives the right digit and
+two such corrections relabel the example; two disagreeing without a digit dispute it; the queue
+serves the fewest votes first, never one's own, never one already decided; the flagger may retract.
+An admin decides alone (in-process: OAuth cannot be played here)."""
+import pytest
+from gradio_client.exceptions import AppError
+
+from test_app import App, canvas_file, mnist, round0  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def app(round0, tmp_path_factory):  # noqa: F811
+    a = App(tmp_path_factory.mktemp("validation") / "home", round0, DADC_VOTES="2", DADC_THRESHOLD="1000")
+    yield a
+    a.stop()
+
+
+def flag(app, mnist, tmp_path, i, client=None):  # noqa: F811
+    c = client or app.client()
+    return c, c.predict(canvas_file(tmp_path / f"{i}.png", mnist["test_x"][i]), int(mnist["test_y"][i]),
+                        api_name="/flag")["id"]
+
+
+def examples(app):
+    from dadc.store import FlagStore
+
+    return {e.id: e for e in FlagStore(app.home, readonly=True).examples()}
+
+
+def queue_of(client, n=30):
+    """The ids a visitor is offered, voting 'yes' on none (Next only shows)."""
+    seen = []
+    for _ in range(n):
+        *_, ex = client.predict(api_name="/verify_next")
+        if not ex or ex["id"] in seen:
+            break
+        seen.append(ex["id"])
+    return seen
+
+
+def test_two_agreeing_verify_and_then_it_is_asked_of_nobody(app, mnist, tmp_path):  # noqa: F811
+    _, id_ = flag(app, mnist, tmp_path, 0)
+    assert app.client().predict(id_, True, api_name="/verify")["verified"] is False
+    r = app.client().predict(id_, True, api_name="/verify")
+    assert r["verified"] and r["decided"] and (r["agree"], r["disagree"]) == (2, 0)
+    assert id_ not in queue_of(app.client())
+
+
+def test_two_corrections_to_one_digit_relabel_it(app, mnist, tmp_path):  # noqa: F811
+    from dadc.config import RoundConfig
+    from dadc.examples import eligible
+
+    _, id_ = flag(app, mnist, tmp_path, 1)  # a 2, flagged as a 2
+    assert app.client().predict(id_, False, 7, api_name="/verify")["corrected"] is None
+    r = app.client().predict(id_, False, 7, api_name="/verify")
+    assert r["corrected"] == 7 and r["decided"]
+    [e] = [e for e in eligible(examples(app).values(), RoundConfig(votes=2)) if e.id == id_]
+    assert e.label == 7  # rounds learn it as the digit the validators gave
+    with pytest.raises(AppError, match="only with a 'no' vote"):
+        app.client().predict(id_, True, 3, api_name="/verify")
+
+
+def test_two_disagreeing_dispute_it_and_rounds_leave_it_out(app, mnist, tmp_path):  # noqa: F811
+    from dadc.config import RoundConfig
+    from dadc.examples import eligible
+
+    _, id_ = flag(app, mnist, tmp_path, 2)
+    for _ in range(2):
+        app.client().predict(id_, False, api_name="/verify")
+    e = examples(app)[id_]
+    assert e.disputed and e.decided(2) and e.corrected(2) is None
+    assert id_ not in {x.id for x in eligible(examples(app).values(), RoundConfig(votes=2))}
+
+
+def test_fewest_votes_first_never_ones_own(app, mnist, tmp_path):  # noqa: F811
+    alice, a1 = flag(app, mnist, tmp_path, 3)
+    _, b1 = flag(app, mnist, tmp_path, 4)
+    app.client().predict(b1, True, api_name="/verify")  # b1 has one vote, a1 none
+    offered = queue_of(app.client(), n=1)
+    assert offered and offered[0] != b1  # an example with no vote comes before b1
+    assert a1 not in queue_of(alice)  # never one's own
+    with pytest.raises(AppError, match="own"):
+        alice.predict(a1, True, api_name="/verify")
+
+
+def test_the_flagger_may_retract_and_nobody_else(app, mnist, tmp_path):  # noqa: F811
+    alice, id_ = flag(app, mnist, tmp_path, 5)
+    with pytest.raises(AppError, match="Only the person who flagged"):
+        app.client().predict(id_, api_name="/retract")
+    assert alice.predict(id_, api_name="/retract") == {"id": id_, "retracted": True}
+    assert examples(app)[id_].retracted and id_ not in queue_of(app.client())
+
+
+def test_an_admin_decides_alone_and_a_space_trains_on_verified_only(tmp_path, round0, mnist, monkeypatch):  # noqa: F811
+    from dadc import config
+    from dadc.service import Studio, Visitor
+    from dadc.simulate import draw
+    from test_rounds import TINY, mnist_into
+
+    monkeypatch.setenv("DADC_HOME", str(mnist_into(tmp_path / "home")))
+    monkeypatch.setenv("DADC_ADMINS", "ada")
+    monkeypatch.setenv("DADC_THRESHOLD", "1000")
+    studio = Studio(config.from_env(), seed=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
+    id_ = studio.flag(draw(mnist["test_x"][0]), int(mnist["test_y"][0]), "anon-a")["id"]
+    assert studio.verify(id_, True, Visitor("ada", username="ada"))["verified"]  # one admin vote
+    id2 = studio.flag(draw(mnist["test_x"][1]), int(mnist["test_y"][1]), "anon-b")["id"]
+    studio.verify(id2, True, "anon-c")
+    assert not studio.verify(id2, False, Visitor("ada", username="ada"))["verified"]  # the admin says no
+    assert studio.store.find(id2).disputed
+
+    monkeypatch.delenv("DADC_VERIFIED_ONLY", raising=False)
+    assert config.RoundConfig.from_env().verified_only is False
+    monkeypatch.setenv("SPACE_ID", "u/s")
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "x")
+    assert config.RoundConfig.from_env().verified_only is True
+    monkeypatch.setenv("DADC_VERIFIED_ONLY", "0")
+    assert config.RoundConfig.from_env().verified_only is False
