@@ -46,11 +46,55 @@ def _count(studio):
     rows = studio.store.examples()
     verified = [e for e in rows if e.verified(studio.cfg.votes)]
     return {"per_digit": Counter((e.label, "collected") for e in rows) + Counter((e.label, "verified") for e in verified),
+            "fooled_by": Counter(e.session for e in rows if e.fooled),
+            "verified_by": Counter(e.session for e in verified if e.fooled),
+            "rounds_by": _rounds_by(rows),
             "fooled": Counter(e.round for e in rows if e.fooled),
             "fooled_verified": Counter(e.round for e in verified if e.fooled),
             "collected": len(rows), "usable": len(eligible(rows, studio.cfg)),
             "gallery": [(str(e.canvas_path), f"{e.label}, not {e.prediction} (round {e.round})")
                         for e in rows if e.fooled][-12:][::-1]}
+
+
+def _rounds_by(rows):
+    out = {}
+    for e in rows:
+        if e.fooled:
+            out.setdefault(e.session, set()).add(e.round)
+    return out
+
+
+LEADERS = 20  # rows of the leaderboard
+
+
+def leaderboard(studio, c):
+    """The people who fooled the model most, by examples others verified, then by examples flagged.
+    Logged-in visitors by username, anonymous ones only under a nickname they chose (opt-in)."""
+    names = studio.nicknames.all()
+    attempts = studio.attempts.by_visitor()
+    rows = []
+    for who in sorted(c["fooled_by"], key=lambda w: (-c["verified_by"][w], -c["fooled_by"][w], w)):
+        name = names.get(who) or (None if who.startswith(("anon-", "import:", "simulate")) else who)
+        if name is None:
+            continue
+        tried = attempts.get(who)
+        rows.append([name, c["fooled_by"][who], c["verified_by"][who],
+                     f"{c['verified_by'][who] / tried:.0%}" if tried else "",
+                     ", ".join(str(r) for r in sorted(c["rounds_by"].get(who, ())))])
+        if len(rows) == LEADERS:
+            break
+    return rows
+
+
+def matrix(studio):
+    """Each promoted round's accuracy on the held-out examples that fooled each earlier round, as
+    plot rows {"round", "fooled", "accuracy", "n"} (from the rounds' metrics)."""
+    out = []
+    for name in studio.registry.names():
+        for fooled, cell in (studio.registry.metrics(name).get("matrix_row") or {}).items():
+            if isinstance(cell, dict) and isinstance(cell.get("acc"), (int, float)):
+                out.append({"round": name, "fooled": f"fooled {fooled}", "accuracy": cell["acc"], "n": cell.get("n")})
+    return out
 
 
 def numbers(studio, admin):
@@ -73,6 +117,7 @@ def numbers(studio, admin):
             "digits": [{"digit": str(d), "kind": k, "examples": c["per_digit"][(d, k)]}
                        for d in range(10) for k in ("collected", "verified")],
             "mer": mer, "accuracy": acc, "history": _history(studio, admin), "gallery": c["gallery"],
+            "leaders": leaderboard(studio, c), "matrix": matrix(studio),
             "rounds": names, "serving": studio.predictor.round, "running": studio.job.running, "admin": admin}
 
 

@@ -8,6 +8,7 @@ stop() makes the final push.
 """
 import json
 import math
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -27,6 +28,7 @@ from .store import FlagStore, StoreError
 KEEP_CANVAS = 256      # the stored copy of a canvas is at most this many pixels a side (enough to verify)
 SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
 MAX_SESSIONS = 10_000  # open drawings and rate-limit windows remembered (bounded memory)
+MAX_VISITORS = 100_000  # visitors whose attempts are counted and who may choose a nickname
 
 
 class StudioError(Exception):
@@ -88,6 +90,7 @@ class Studio:
                               mnist=mnist or (lambda: data.fetch(settings.home, log=lambda m: None)),
                               on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
+        self.nicknames = Nicknames(settings.home / "nicknames.json")
         self.flag_limit = RateLimit(settings.flag_limit, per=60.0)         # per identity
         self.anonymous_budget = RateLimit(settings.flag_budget, per=3600.0)  # all anonymous visitors together
         self._lock = threading.Lock()
@@ -284,6 +287,10 @@ class Studio:
             raise StudioError(str(e)) from None
         return {"serving": name}
 
+    def set_nickname(self, name, who):
+        """Opt in to the leaderboard under `name` (empty: opt out)."""
+        return {"nickname": self.nicknames.set(visitor(who).id, name)}
+
     def retrain_now(self, who=None):
         self._require_admin(who, "start a retraining round")
         return "Retraining started." if self.job.run_now() else "A round is already training."
@@ -296,8 +303,9 @@ class Studio:
 
 
 class Attempts:
-    """Attempts per round for the model error rate: one per drawing a person got a prediction for
-    (not one per stroke of live prediction). Kept in memory, saved to DADC_HOME every few seconds."""
+    """Attempts per round and per visitor, for the model error rate: one per drawing a person got a
+    prediction for (not one per stroke of live prediction). Kept in memory, saved to DADC_HOME every
+    few seconds. At most MAX_VISITORS visitors are counted (bounded memory; later ones are not)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -305,9 +313,12 @@ class Attempts:
         self._open = {}
         self._saved = 0.0
         try:
-            self._counts = Counter({int(k): v for k, v in json.loads(self.path.read_text()).items()})
-        except (OSError, ValueError, AttributeError):
-            self._counts = Counter()
+            saved = json.loads(self.path.read_text())
+            saved = saved if "rounds" in saved else {"rounds": saved}  # the earlier format: rounds only
+            self._counts = Counter({int(k): int(v) for k, v in saved["rounds"].items()})
+            self._visitors = Counter({str(k): int(v) for k, v in saved.get("visitors", {}).items()})
+        except (OSError, ValueError, AttributeError, TypeError):
+            self._counts, self._visitors = Counter(), Counter()
 
     def open(self, session, round_):
         with self._lock:
@@ -316,6 +327,8 @@ class Attempts:
                     self._open.pop(next(iter(self._open)))
                 self._open[session] = round_
                 self._counts[round_] += 1
+                if session in self._visitors or len(self._visitors) < MAX_VISITORS:
+                    self._visitors[session] += 1
         if time.monotonic() - self._saved > 5:
             self.save()
 
@@ -327,14 +340,52 @@ class Attempts:
         with self._lock:
             return dict(self._counts)
 
+    def by_visitor(self):
+        with self._lock:
+            return dict(self._visitors)
+
     def save(self):
         with self._lock:
-            text = json.dumps({str(k): v for k, v in self._counts.items()})
+            text = json.dumps({"rounds": {str(k): v for k, v in self._counts.items()}, "visitors": self._visitors})
             self._saved = time.monotonic()
         try:
             files.write_atomic(self.path, text)
         except OSError:
             pass  # a counter, not data: never fail a request for it
+
+
+class Nicknames:
+    """The names visitors chose for the leaderboard (opt-in: an anonymous visitor is never shown
+    without one). {visitor id: name} in DADC_HOME/nicknames.json."""
+
+    NAME = re.compile(r"[\w .\-]{1,24}")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._names = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            self._names = {}
+
+    def set(self, who, name):
+        """Show `who` as `name` (stripped; empty: not shown any more)."""
+        name = str(name or "").strip()
+        if name and not self.NAME.fullmatch(name):
+            raise StudioError("A nickname is 1-24 letters, digits, spaces, dots, dashes or underscores.")
+        with self._lock:
+            if name:
+                if who not in self._names and len(self._names) >= MAX_VISITORS:
+                    raise StudioError("The leaderboard is full.")
+                self._names[who] = name
+            else:
+                self._names.pop(who, None)
+            files.write_atomic(self.path, json.dumps(self._names))
+        return name or None
+
+    def all(self):
+        with self._lock:
+            return dict(self._names)
 
 
 class RateLimit:

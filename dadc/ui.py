@@ -307,6 +307,15 @@ def dashboard_tab(studio, who, tab):
         acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", x_axis_format="d",
                              title="Clean and PGD accuracy per round")
         gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260)
+    with gr.Row():
+        matrix = gr.BarPlot(x="fooled", y="accuracy", color="round", title="Each round on the held-out examples "
+                            "that fooled earlier rounds", y_lim=[0, 1])
+        with gr.Column():
+            leaders = gr.Dataframe(headers=["who", "fooling flags", "verified by others", "verified error rate",
+                                            "rounds fooled"], label="Leaderboard", wrap=True)
+            with gr.Row():
+                nickname = gr.Textbox(label="Show me on the leaderboard as (empty: not shown)", max_length=24)
+                save_nick = gr.Button("Save")
     history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
                            label="Every round attempt, and why it passed or failed", wrap=True)
     with gr.Row(visible=False) as admin_row:  # shown to admins only; the handlers check it again
@@ -315,7 +324,7 @@ def dashboard_tab(studio, who, tab):
         retrain_btn = gr.Button("Retrain now")
     refresh = gr.Button("Refresh")
     timer = gr.Timer(3.0, active=False)  # ticks while a round trains
-    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer, admin_row]
+    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer, admin_row, leaders, matrix]
 
     def show_dashboard(request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         d = studio.dashboard(who(request, profile) if request is not None else None)
@@ -324,7 +333,8 @@ def dashboard_tab(studio, who, tab):
                 acc: pd.DataFrame(d["accuracy"], columns=["round", "metric", "accuracy"]),
                 gallery: d["gallery"], history: d["history"] or [[""] * 7],
                 rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"]),
-                admin_row: gr.Row(visible=d["admin"])}
+                admin_row: gr.Row(visible=d["admin"]), leaders: d["leaders"] or [[""] * 5],
+                matrix: pd.DataFrame(d["matrix"], columns=["round", "fooled", "accuracy", "n"])}
 
     for trigger in (tab.select, refresh.click):
         trigger(show_dashboard, None, shows, api_visibility="private")
@@ -334,6 +344,13 @@ def dashboard_tab(studio, who, tab):
         return {status: md(d["status"]), timer: gr.Timer(active=d["running"])}
 
     timer.tick(tick, None, [status, timer], api_visibility="private", show_progress="hidden")
+
+    @shown
+    def set_nickname(name, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return studio.set_nickname(name, who(request, profile))
+
+    save_nick.click(set_nickname, nickname, None, api_visibility="private").success(
+        show_dashboard, None, shows, api_visibility="private")
 
     @shown
     def rollback_api(round_name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:

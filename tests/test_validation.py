@@ -116,3 +116,33 @@ def test_an_admin_decides_alone_and_a_space_trains_on_verified_only(tmp_path, ro
     assert config.RoundConfig.from_env().verified_only is True
     monkeypatch.setenv("DADC_VERIFIED_ONLY", "0")
     assert config.RoundConfig.from_env().verified_only is False
+
+
+def test_leaderboard_counts_verified_fooling_examples_and_is_opt_in_for_anonymous(tmp_path, round0, mnist,  # noqa: F811
+                                                                                 monkeypatch):
+    from dadc import config
+    from dadc.service import Studio, StudioError, Visitor
+    from dadc.simulate import draw
+    from test_rounds import TINY, mnist_into
+
+    monkeypatch.setenv("DADC_HOME", str(mnist_into(tmp_path / "home")))
+    monkeypatch.setenv("DADC_THRESHOLD", "1000")
+    studio = Studio(config.from_env(), seed=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
+    ada, anon = Visitor("ada", username="ada"), "anon-1234"
+
+    def fool(who, i):  # a label the model does not say: a fooling example
+        canvas = draw(mnist["test_x"][i])
+        probs, _ = studio.predict(canvas, who if isinstance(who, str) else who.id)  # one attempt
+        said = max(probs, key=probs.get)
+        return studio.flag(canvas, (int(said) + 1) % 10, who)["id"]
+
+    ids = [fool(ada, 0), fool(ada, 1), fool(anon, 2)]
+    for voter in ("anon-v1", "anon-v2"):
+        studio.verify(ids[0], True, voter)
+    board = studio.dashboard()["leaders"]
+    assert [row[:3] for row in board] == [["ada", 2, 1]]  # the anonymous flagger has not opted in
+    assert board[0][3] == "50%"  # 1 verified fooling example of 2 drawings tried
+    with pytest.raises(StudioError, match="nickname"):
+        studio.set_nickname("<script>", anon)
+    studio.set_nickname("Zed", anon)
+    assert [row[:3] for row in studio.dashboard()["leaders"]] == [["ada", 2, 1], ["Zed", 1, 0]]
