@@ -5,9 +5,10 @@ from pathlib import Path
 
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from . import hub_layout
+from .hub_rows import Folder, Shards
 from .registry import ROUND_FILES
-from .store import fill_replica
-from .store import Filled
+from .store import Filled, fill_replica
 
 
 def _download(api, repo_id, repo_type, allow_patterns, into):
@@ -19,30 +20,51 @@ def _download(api, repo_id, repo_type, allow_patterns, into):
     return True
 
 
-def missing_replicas(api, repo_id, store):
-    """Replica folders in the dataset repo whose flags the store does not have (one listing)."""
+def repo_files(api, repo_id):
+    """The dataset repo's file paths (one listing); None if the repo does not exist yet."""
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
-        return []  # first start: nothing pushed yet
-    remote = {f.rfilename.split("/")[1] for f in info.siblings or [] if f.rfilename.startswith("data/")
-              and f.rfilename.endswith(("/metadata.jsonl", "/votes.jsonl"))}  # a voter may have no flags
-    return [r for r in sorted(remote) if store.lacks_replica(r)]
+        return None  # first start: nothing pushed yet
+    return [f.rfilename for f in info.siblings or []]
+
+
+def missing_replicas(paths, store):
+    """{replica: "shards" | "folder"} for the replicas of the repo (its file paths) that the store
+    lacks: a replica with parquet shards restores from them (they hold all its rows: a push starts
+    from row 0 where nothing was recorded), else from its folder of the earlier layout."""
+    shards = hub_layout.shard_replicas(paths)
+    found = {**{r: "folder" for r in hub_layout.old_replicas(paths)}, **{r: "shards" for r in shards}}
+    return {r: how for r, how in sorted(found.items()) if store.lacks_replica(r)}
+
+
+def _patterns(replica, how):
+    if how == "shards":
+        return [f"data/{replica}/*.parquet", f"votes/{replica}/*.parquet"]
+    return [f"data/{replica}/{f}" for f in ("metadata.jsonl", "votes.jsonl", "images/*.png")]
+
+
+def _source(tmp, replica, how):
+    """What was downloaded for one replica, as hub_rows reads it."""
+    if how == "folder":
+        return Folder(tmp / "data" / replica)
+    return Shards(replica, (tmp / "data" / replica).glob("*.parquet"), (tmp / "votes" / replica).glob("*.parquet"))
 
 
 def restore_flags(api, repo_id, store):
-    """Fill every replica folder the store lacks from the dataset repo. Its rows are untrusted: the
-    store checks each one and skips (logs, counts) the bad ones. Returns a store.Filled: examples
-    added and rows skipped by reason."""
-    missing = missing_replicas(api, repo_id, store)
+    """Fill every replica the store lacks from the dataset repo. Its rows are untrusted: the store
+    checks each one and skips (logs, counts) the bad ones. Returns a store.Filled: examples added
+    and rows skipped by reason."""
+    paths = repo_files(api, repo_id)
+    missing = missing_replicas(paths or [], store)
     if not missing:
         return Filled()
     with store.scratch() as tmp:
-        patterns = [f"data/{r}/{f}" for r in missing for f in ("metadata.jsonl", "votes.jsonl", "images/*.png")]
+        patterns = [p for r, how in missing.items() for p in _patterns(r, how)]
         if not _download(api, repo_id, "dataset", patterns, tmp):
             return Filled()
-        folders = sorted((tmp / "data").iterdir()) if (tmp / "data").is_dir() else []
-        return fill_replica(store, *folders)  # all at once: a vote in one folder may name a flag in another
+        # all at once: a vote in one replica may name a flag in another
+        return fill_replica(store, *(_source(tmp, r, how) for r, how in missing.items()))
 
 
 def restore_rounds(api, model_repo, registry, store):

@@ -4,25 +4,51 @@ Local disk is the source of truth (store.py); the Hub is a backup and a way to s
 - pushing runs in the background (huggingface_hub's CommitScheduler: every DADC_PUSH_EVERY minutes
   and once more at exit); a Hub that is down, slow or rejects the token never blocks flagging and
   never loses a flag: what did not get pushed is still on disk and goes with the next push;
-- each DADC_HOME pushes only its own folder data/<replica>/ (plus the dataset card), so replicas
-  never overwrite each other; a push sends only the files that changed since the last one;
+- each DADC_HOME pushes only its own replica's shards (plus the dataset card), so replicas never
+  overwrite each other; a push sends one parquet shard of the flags and one of the votes new since
+  the last push (hub_layout.py), and what was pushed is recorded on disk (flags/pushed.json), so a
+  restart pushes only what is new;
 - on a fresh DADC_HOME (a Space restarts with an empty disk) restore() brings back the flags and
   the rounds (hub_restore.py); a Hub that is down at start is retried in the background;
 - the token is never logged, returned or shown: every error text is scrubbed (HubStatus).
 The model card pushed with each round is model_card.py's.
 """
+import logging
 import threading
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitScheduler, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from . import files, hub_restore
+from . import files, hub_layout, hub_restore
+from .hub_rows import ROWS, VOTES
 from .examples import ROUND_NAME
 from .model_card import model_card
 from .registry import ROUND_FILES
 
 __all__ = ["HubSync", "HubSyncError", "HubStatus", "check_repo_id", "model_card"]
+
+
+log = logging.getLogger("dadc.hubsync")
+ROW_FILES = {ROWS: "data", VOTES: "votes"}  # a replica's row file -> the Hub folder of its shards
+
+
+def _mark(marks, name):
+    """What the pushes recorded so far carried of one row file: its first `bytes`, `rows` rows."""
+    mark = marks.get(name)
+    ok = isinstance(mark, dict) and all(isinstance(mark.get(k), int) and mark[k] >= 0 for k in ("bytes", "rows"))
+    return mark if ok else {"bytes": 0, "rows": 0}
+
+
+def _flag_records(file, rows):
+    """The shard records of a store file's rows, with their images' bytes. A row that is not whole
+    or whose image is gone (edited by hand: append() never leaves one) is logged and left out, so
+    it cannot stop every later push."""
+    for row in rows:
+        try:
+            yield hub_layout.flag_record(row, file.image(row["file_name"]), file.image(row["canvas_file_name"]))
+        except (KeyError, TypeError, OSError) as e:
+            log.warning("push: left out row %r of %s: %s", str(row.get("id"))[:64], file.path, type(e).__name__)
 
 
 class HubSyncError(RuntimeError):
@@ -127,8 +153,6 @@ class HubSync:
         self.scheduler = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._uploaded = {}      # store file -> key of the version last pushed
-        self._pushed_lines = {}  # row file -> rows included in the last successful push
         self._rounds = []        # (round dir, counts) waiting for the model repo, retried until pushed
         self._model_repo_ready = False
         self._state_pushed = None  # the registry state (CURRENT, history) in the last push
@@ -149,7 +173,8 @@ class HubSync:
 
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
-        return sum(max(0, n - self._pushed_lines.get(path, 0)) for path, n in self.store.row_counts().items())
+        marks = self.store.pushed(self.repo_id)
+        return sum(self.store.row_counts({name: _mark(marks, name)["bytes"] for name in ROW_FILES}).values())
 
     def status(self):
         """For the dashboard. Safe to show: no token."""
@@ -263,7 +288,7 @@ class HubSync:
         sched.stop()
 
     def _push(self, api):
-        """One push (the scheduler's thread): this replica's changed files, then queued rounds.
+        """One push (the scheduler's thread): this replica's new flags and votes, then queued rounds.
         The store's push lock, held from snapshot to commit, orders the commits of two processes on
         one home like their snapshots, so the Hub never goes back."""
         with self.store.push_lock():
@@ -279,18 +304,54 @@ class HubSync:
         return info
 
     def _push_flags(self, api):
-        changed = [f for f in self.store.snapshot() if self._uploaded.get(f.path) != f.key]
-        if not changed:
-            return None
-        data = {f: f.read() for f in changed}
-        ops = [CommitOperationAdd(path_or_fileobj=data[f], path_in_repo=f.rel) for f in changed]
-        info = api.create_commit(repo_id=self.repo_id, repo_type="dataset", operations=ops,
-                                 commit_message=f"Flags from replica {self.store.replica} ({len(ops)} files)")
-        for f in changed:
-            self._uploaded[f.path] = f.key
-            if f.rel.endswith(".jsonl"):
-                self._pushed_lines[f.path] = data[f].count(b"\n")
+        """One commit: the card if it changed, and a shard of each row file's rows past what the
+        record (store.pushed) says earlier pushes carried; then the record, once the commit worked.
+        No record (a first push, or it was lost) means from row 0: this replica's shards already
+        on the Hub are then deleted in the same commit, the new ones holding all their rows."""
+        marks = self.store.pushed(self.repo_id)
+        files_now = self.store.snapshot()
+        if any(files_now[name].size < _mark(marks, name)["bytes"] for name in ROW_FILES):
+            marks = {}  # a row file is shorter than what was pushed of it: not the file we pushed
+        with self.store.scratch() as tmp:
+            ops, new_marks = [], {"card": hub_layout.CARD_SHA}
+            if marks.get("card") != hub_layout.CARD_SHA:
+                ops.append(CommitOperationAdd(path_or_fileobj=hub_layout.CARD.encode(), path_in_repo="README.md"))
+            for name, kind in ROW_FILES.items():
+                shards, new_marks[name] = self._shards(files_now[name], kind, _mark(marks, name), tmp)
+                ops += [CommitOperationAdd(path_or_fileobj=str(path), path_in_repo=rel) for rel, path in shards]
+            if not marks:
+                ops += self._stale_shards(api, {op.path_in_repo for op in ops})
+            if not ops:
+                return None
+            rows = {k: new_marks[k]["rows"] - _mark(marks, k)["rows"] for k in ROW_FILES}
+            info = api.create_commit(repo_id=self.repo_id, repo_type="dataset", operations=ops,
+                                     commit_message=f"Replica {self.store.replica}: {rows[ROWS]} flags, "
+                                                    f"{rows[VOTES]} votes")
+        self.store.record_pushed(self.repo_id, new_marks)
         return info
+
+    def _shards(self, file, kind, mark, tmp):
+        """([(path in repo, local shard file)], the new mark) for the rows of `file` past `mark`:
+        usually one shard; more when they hold over hub_layout.SHARD_BYTES of images."""
+        rows, end = file.rows(mark["bytes"])
+        if kind == "data":
+            groups, schema = hub_layout.chunks(_flag_records(file, rows)), hub_layout.FLAG_SCHEMA
+        else:
+            groups, schema = [[hub_layout.vote_record(r) for r in rows]] if rows else [], hub_layout.VOTE_SCHEMA
+        out, first = [], mark["rows"]
+        for group in groups:
+            rel = hub_layout.shard_name(kind, self.store.replica, first)
+            path = tmp / rel.replace("/", "_")
+            hub_layout.write_shard(group, schema, path)
+            out.append((rel, path))
+            first += len(group)
+        return out, {"bytes": end, "rows": first}
+
+    def _stale_shards(self, api, keep):
+        """Deletions of this replica's shards on the Hub but those in `keep` (being rewritten)."""
+        mine = (f"data/{self.store.replica}/", f"votes/{self.store.replica}/")
+        return [CommitOperationDelete(path_in_repo=p) for p in hub_restore.repo_files(api, self.repo_id) or []
+                if p.startswith(mine) and hub_layout.SHARD.fullmatch(p) and p not in keep]
 
     def _push_rounds(self, api):
         """Queued rounds, then the registry's state (CURRENT, history) when it changed. A round name

@@ -33,10 +33,13 @@
     return canvas.toDataURL("image/png");
   }
 
-  // Ask for the prediction of the drawing as it is now. The event runs always_last, so a burst of
-  // strokes costs one request in flight and one for the final drawing.
+  // Ask for the prediction of the drawing as it is now: read it, and click the live event's hidden
+  // button (its js= sends `latest`). The event runs always_last: a burst of strokes costs one
+  // request in flight and one for the latest drawing.
+  let latest = null;
   function live() {
-    setTimeout(() => $("#dadc-live")?.click(), 0); // after the editor's own handlers have drawn
+    latest = snapshot();
+    $("#dadc-live")?.click();
   }
 
   // The editor starts, and starts again after every clear, with no tool chosen ("select the draw
@@ -51,7 +54,7 @@
   function undo() {
     const icons = [...document.querySelectorAll("#canvas button.icon-button")];
     icons[icons.length - 3]?.click();
-    live();
+    setTimeout(live, 0); // once the editor has undone
   }
 
   function typing(target) {
@@ -60,9 +63,19 @@
       (tag === "INPUT" && !["radio", "checkbox"].includes(target.type));
   }
 
-  let down = false; // a stroke (or a toolbar click) began on the canvas
-  document.addEventListener("pointerdown", (e) => { down = !!e.target.closest?.("#canvas"); }, true);
-  document.addEventListener("pointerup", () => { if (down) live(); down = false; }, true);
+  // A stroke is read at its pointerup, at once: Pixi handles pointerup on window, before this
+  // listener on document, and has drawn the stroke by then (waiting for a task instead costs
+  // ~0.2 s behind the editor's render loop in a browser without a GPU). A click on the editor's
+  // own tools (undo, redo, clear) is read once the editor has handled it.
+  let down = null;
+  document.addEventListener("pointerdown", (e) => {
+    down = e.target.closest?.("#canvas .pixi-target") ? "stroke" : e.target.closest?.("#canvas") ? "tool" : null;
+  }, true);
+  document.addEventListener("pointerup", () => {
+    if (down === "stroke") live();
+    else if (down === "tool") setTimeout(live, 0);
+    down = null;
+  }, true);
 
   // Keys on the Draw tab: 0-9 choose the true digit, Enter flags, Backspace undoes, Escape clears.
   document.addEventListener("keydown", (e) => {
@@ -77,5 +90,5 @@
   new MutationObserver(() => ready()).observe(document.documentElement, {
     childList: true, subtree: true, attributes: true, attributeFilter: ["class"] });
 
-  window.dadc = { snapshot, next: () => ++seq, live, ready, undo };
+  window.dadc = { snapshot, latest: () => latest ?? snapshot(), next: () => ++seq, live, ready, undo };
 })();

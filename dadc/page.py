@@ -26,13 +26,11 @@ PREFIX = "data:image/png;base64,"
 
 
 def head(canvas):
-    """The <head> addition: page.js, told the canvas size."""
+    """The <head> addition: page.css and page.js (told the canvas size). The CSS goes in as it is:
+    Gradio's css= would prefix every rule inside a @media with its .contain, where the page's
+    margins are not."""
     js = (HERE / "page.js").read_text().replace("__CANVAS__", str(int(canvas)))
-    return f"<script>\n{js}</script>"
-
-
-def css():
-    return (HERE / "page.css").read_text()
+    return f"<style>\n{(HERE / 'page.css').read_text()}</style>\n<script>\n{js}</script>"
 
 
 def max_length(canvas):

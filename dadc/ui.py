@@ -191,7 +191,7 @@ def draw_tab(studio, who):
         n = int(n) if isinstance(n, (int, float)) and math.isfinite(n) and abs(n) < 2**53 else 0
         return {label: value, seen: seen_image(x), top: top_line(value, n)}
 
-    live_btn.click(live, [snap, seq], [label, seen, top], js="() => [dadc.snapshot(), dadc.next()]",
+    live_btn.click(live, [snap, seq], [label, seen, top], js="() => [dadc.latest(), dadc.next()]",
                    api_visibility="private", trigger_mode="always_last", show_progress="hidden",
                    concurrency_limit=None)
 

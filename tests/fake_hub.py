@@ -90,6 +90,17 @@ class FakeHub:
         repo = self.repos.get((repo_type, repo_id))
         return len(repo.commits) - 1 if repo else 0
 
+    def shard_rows(self, repo_id, under="data"):
+        """The rows (dicts) of a dataset repo's parquet shards under `under` (dadc/hub_layout.py:
+        data/ the flags, votes/ the votes, or one replica's folder), shard by shard."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        return [row for path, data in sorted(self.files(repo_id).items())
+                if path.startswith(under.rstrip("/") + "/") and path.endswith(".parquet")
+                for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+
 
 class _Handler(BaseHTTPRequestHandler):
     hub: FakeHub
@@ -233,6 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             item = json.loads(line)
             key, value = item["key"], item["value"]
+            if key == "header" and value.get("parentCommit") not in (None, base[0]):
+                # the real Hub's answer when the branch moved since the revision the client read
+                return self._error(412, "A commit has happened since. Please refresh and try again.")
             if key == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
             elif key in ("deletedFile", "deletedFolder"):

@@ -195,10 +195,13 @@ def hub_app(home, round0, port, **env):  # noqa: F811
 
 
 def hub_rows(hub, repo=DATASET):
+    """The flags on the Hub: the parquet shards' rows, and those of the earlier layout's folders
+    (metadata.jsonl; earlier_run_on_the_hub seeds one)."""
     if ("dataset", repo) not in hub.repos:
         return []
-    return [json.loads(line) for path, data in hub.files(repo).items() if path.endswith("metadata.jsonl")
-            for line in data.decode().splitlines() if line.strip()]
+    return hub.shard_rows(repo) + [json.loads(line) for path, data in hub.files(repo).items()
+                                   if path.endswith("metadata.jsonl") for line in data.decode().splitlines()
+                                   if line.strip()]
 
 
 def dashboard_status(app):

@@ -42,11 +42,7 @@ def wait_for(cond, timeout=20.0):
 
 
 def hub_rows(hub, repo=DATASET):
-    rows = []
-    for path, data in hub.files(repo).items():
-        if path.endswith("/metadata.jsonl"):
-            rows += [json.loads(line) for line in data.decode().splitlines()]
-    return rows
+    return hub.shard_rows(repo)  # the flags' parquet shards (dadc/hub_layout.py)
 
 
 def make_round(home, n=1, acc=0.987):
@@ -100,11 +96,11 @@ def test_flags_land_in_a_private_repo_and_load_with_datasets(tmp_path, fake_hub,
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 6), sync.status()
     assert fake_hub.repos[("dataset", DATASET)].private
     files = fake_hub.files(DATASET)
-    prefix = f"data/{store.replica}/"
-    assert "README.md" in files and all(p == "README.md" or p.startswith(prefix) for p in files)
-    assert files[prefix + "votes.jsonl"].count(b"\n") == 1
-    for r in hub_rows(fake_hub):  # every pushed row names an image that is in the repo, byte for byte
-        assert files[prefix + r["file_name"]] == (store.dir / r["file_name"]).read_bytes()
+    prefixes = (f"data/{store.replica}/", f"votes/{store.replica}/")
+    assert "README.md" in files and all(p == "README.md" or p.startswith(prefixes) for p in files)
+    assert len(fake_hub.shard_rows(DATASET, "votes")) == 1
+    for r in hub_rows(fake_hub):  # every pushed row carries its image, byte for byte
+        assert r["image"]["bytes"] == (store.dir / f"images/{r['id']}.png").read_bytes()
     assert wait_for(lambda: sync.status()["pending"] == 0)
     st = sync.status()
     assert st["last_push"] and st["last_error"] is None and st["connected"]
@@ -153,9 +149,8 @@ def test_replicas_push_to_distinct_paths(tmp_path, fake_hub, syncs):
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 7), (sa.status(), sb.status())
     ids += [a.append(digit(20), 5), b.append(digit(21), 6)]
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 9)
-    files = fake_hub.files(DATASET)
-    assert files[f"data/{a.replica}/metadata.jsonl"].count(b"\n") == 5
-    assert files[f"data/{b.replica}/metadata.jsonl"].count(b"\n") == 4
+    assert len(fake_hub.shard_rows(DATASET, f"data/{a.replica}")) == 5
+    assert len(fake_hub.shard_rows(DATASET, f"data/{b.replica}")) == 4
     ds = datasets.load_dataset(DATASET, split="train", token=TOKEN)
     assert sorted(ds["id"]) == sorted(ids)
 
