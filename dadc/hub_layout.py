@@ -51,7 +51,8 @@ recorded), `confidences` (10 probabilities, all 0 if not recorded), `round` (mod
 fooled), `time` (UTC), `session`, `id`.
 
 The `votes` config (`load_dataset(repo, "votes")`, files `votes/<replica>/*.parquet`) holds
-validations by other people: `id` (the flag), `session` (the voter), `agree`, `time`.
+validations by other people: `id` (the flag), `session` (the voter), `agree`, `time`, `digit` (with
+a "no": the digit the voter says it is, or null) and `admin` (an admin's vote decides alone).
 """
 CARD_SHA = hashlib.sha256(CARD.encode()).hexdigest()
 
@@ -70,7 +71,7 @@ FLAG_FEATURES = {
     "round": _value("int64"), "time": _value("string"), "session": _value("string"), "id": _value("string"),
 }
 VOTE_FEATURES = {"id": _value("string"), "session": _value("string"), "agree": _value("bool"),
-                 "time": _value("string")}
+                 "time": _value("string"), "digit": _value("int64"), "admin": _value("bool")}
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 FLAG_SCHEMA = pa.schema([
     ("image", _IMAGE), ("canvas", _IMAGE), ("label", pa.int64()), ("prediction", pa.int64()),
@@ -78,7 +79,7 @@ FLAG_SCHEMA = pa.schema([
     ("session", pa.string()), ("id", pa.string())],
     metadata={"huggingface": json.dumps({"info": {"features": FLAG_FEATURES}})})
 VOTE_SCHEMA = pa.schema([("id", pa.string()), ("session", pa.string()), ("agree", pa.bool_()),
-                         ("time", pa.string())],
+                         ("time", pa.string()), ("digit", pa.int64()), ("admin", pa.bool_())],
                         metadata={"huggingface": json.dumps({"info": {"features": VOTE_FEATURES}})})
 
 
@@ -94,7 +95,9 @@ def flag_record(row, image, canvas):
 
 
 def vote_record(row):
-    return {k: row[k] for k in ("id", "session", "agree", "time")}
+    """digit: the right digit a disagreeing voter gave (or null); admin: cast by an admin."""
+    return {**{k: row[k] for k in ("id", "session", "agree", "time")}, "digit": row.get("digit"),
+            "admin": row.get("admin") is True}
 
 
 def record_bytes(record):

@@ -211,8 +211,14 @@ def _vote(row, known):
         raise _Skip("unknown id", id_)
     if not isinstance(row.get("agree"), bool):
         raise _Skip("bad agree", row.get("agree"))
+    digit = row.get("digit")
+    if digit is not None and (type(digit) is not int or not 0 <= digit <= 9 or row["agree"]):
+        raise _Skip("bad digit", digit)
+    if row.get("admin") not in (None, True, False):
+        raise _Skip("bad admin", row.get("admin"))
     return {"id": id_, "session": _text(row, "session", MAX_SESSION), "agree": row["agree"],
-            "time": _text(row, "time", MAX_TIME)}
+            "time": _text(row, "time", MAX_TIME), **({"digit": digit} if digit is not None else {}),
+            **({"admin": True} if row.get("admin") is True else {})}
 
 
 def _good_rows(items, check, known, skipped):
