@@ -173,6 +173,19 @@ def test_restore_from_shards_into_an_empty_home(tmp_path, fake_hub):
     assert sync.restore() == {"examples": 0, "rounds": []}  # nothing is missing now
 
 
+def test_votes_keep_the_right_digit_and_the_admin_mark_through_the_hub(tmp_path, fake_hub):
+    a = FlagStore(tmp_path / "a")
+    ids = [flag(a, k) for k in range(3)]
+    a.validate(ids[0], "v1", False, digit=7)
+    a.validate(ids[0], "v2", False, digit=7)
+    a.validate(ids[1], "ada", True, admin=True)
+    push(sync_for(a))
+    fresh = FlagStore(tmp_path / "fresh")
+    assert HubSync(fresh, DATASET, TOKEN).restore()["examples"] == 3
+    got = {e.id: e for e in fresh.examples()}
+    assert got[ids[0]].corrected(2) == 7 and got[ids[1]].admin is True and got[ids[1]].verified(2)
+
+
 def seed(hub, files):
     repo = Repo(DATASET, "dataset", private=True)
     repo.commits.append((hashlib.sha1(repr(sorted(files)).encode()).hexdigest(), files))
