@@ -35,7 +35,7 @@ def missing_replicas(paths, store):
     from row 0 where nothing was recorded), else from its folder of the earlier layout."""
     shards = hub_layout.shard_replicas(paths)
     found = {**{r: "folder" for r in hub_layout.old_replicas(paths)}, **{r: "shards" for r in shards}}
-    return {r: how for r, how in sorted(found.items()) if store.lacks_replica(r)}
+    return {r: how for r, how in sorted(found.items()) if store.hub.lacks_replica(r)}
 
 
 def _patterns(replica, how):
@@ -59,7 +59,7 @@ def restore_flags(api, repo_id, store):
     missing = missing_replicas(paths or [], store)
     if not missing:
         return Filled()
-    with store.scratch() as tmp:
+    with store.hub.scratch() as tmp:
         patterns = [p for r, how in missing.items() for p in _patterns(r, how)]
         if not _download(api, repo_id, "dataset", patterns, tmp):
             return Filled()
@@ -73,7 +73,7 @@ def restore_rounds(api, model_repo, registry, store):
     lineage stays as it is)."""
     if registry.has_trained() or registry.history():
         return []
-    with store.scratch() as tmp:
+    with store.hub.scratch() as tmp:
         patterns = [f"rounds/round-*/{f}" for f in ROUND_FILES] + ["rounds/CURRENT", "rounds/history.jsonl"]
         if not _download(api, model_repo, "model", patterns, tmp):
             return []

@@ -173,8 +173,8 @@ class HubSync:
 
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
-        marks = self.store.pushed(self.repo_id)
-        return sum(self.store.row_counts({name: _mark(marks, name)["bytes"] for name in ROW_FILES}).values())
+        marks = self.store.hub.pushed(self.repo_id)
+        return sum(self.store.hub.row_counts({name: _mark(marks, name)["bytes"] for name in ROW_FILES}).values())
 
     def status(self):
         """For the dashboard. Safe to show: no token."""
@@ -291,7 +291,7 @@ class HubSync:
         """One push (the scheduler's thread): this replica's new flags and votes, then queued rounds.
         The store's push lock, held from snapshot to commit, orders the commits of two processes on
         one home like their snapshots, so the Hub never goes back."""
-        with self.store.push_lock():
+        with self.store.hub.push_lock():
             try:
                 info = self._push_flags(api)
             except Exception as e:
@@ -308,11 +308,11 @@ class HubSync:
         record (store.pushed) says earlier pushes carried; then the record, once the commit worked.
         No record (a first push, or it was lost) means from row 0: this replica's shards already
         on the Hub are then deleted in the same commit, the new ones holding all their rows."""
-        marks = self.store.pushed(self.repo_id)
-        files_now = self.store.snapshot()
+        marks = self.store.hub.pushed(self.repo_id)
+        files_now = self.store.hub.snapshot()
         if any(files_now[name].size < _mark(marks, name)["bytes"] for name in ROW_FILES):
             marks = {}  # a row file is shorter than what was pushed of it: not the file we pushed
-        with self.store.scratch() as tmp:
+        with self.store.hub.scratch() as tmp:
             ops, new_marks = [], {"card": hub_layout.CARD_SHA}
             if marks.get("card") != hub_layout.CARD_SHA:
                 ops.append(CommitOperationAdd(path_or_fileobj=hub_layout.CARD.encode(), path_in_repo="README.md"))
@@ -327,7 +327,7 @@ class HubSync:
             info = api.create_commit(repo_id=self.repo_id, repo_type="dataset", operations=ops,
                                      commit_message=f"Replica {self.store.replica}: {rows[ROWS]} flags, "
                                                     f"{rows[VOTES]} votes")
-        self.store.record_pushed(self.repo_id, new_marks)
+        self.store.hub.record_pushed(self.repo_id, new_marks)
         return info
 
     def _shards(self, file, kind, mark, tmp):

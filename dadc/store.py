@@ -291,6 +291,7 @@ class FlagStore:
         self.readonly = readonly
         self.replica = None
         self._index, self._index_lock = None, threading.Lock()
+        self.hub = HubFiles(self)  # what the Hub sync needs of this store
         if readonly:
             return
         try:
@@ -452,6 +453,14 @@ class FlagStore:
 
     # --- what the Hub sync needs --------------------------------------------------------------
 
+
+class HubFiles:
+    """This store's files as the Hub sync sees them: a consistent snapshot for a push, what was
+    pushed, scratch space for downloads, which replicas it lacks. The store still owns the files."""
+
+    def __init__(self, store):
+        self.store, self.root = store, store.root
+
     @contextmanager
     def push_lock(self):
         """Held from snapshot to commit: two processes on one home then push in snapshot order."""
@@ -464,7 +473,7 @@ class FlagStore:
         place (images are renamed before their row is appended)."""
         out = {}
         for name in (ROWS, VOTES):
-            path = self.dir / name
+            path = self.store.dir / name
             try:
                 with files.locked(path, os.O_RDONLY, shared=True) as fd:
                     out[name] = StoreFile(path, os.fstat(fd).st_size)
@@ -478,7 +487,7 @@ class FlagStore:
         counts = {}
         for name in (ROWS, VOTES):
             try:
-                with open(self.dir / name, "rb") as f:
+                with open(self.store.dir / name, "rb") as f:
                     f.seek((after or {}).get(name, 0))
                     counts[name] = f.read().count(b"\n")
             except FileNotFoundError:
@@ -544,7 +553,7 @@ def fill_replica(store, *srcs):
 def _fill_rows(store, src, skipped):
     """Write the good rows of one replica and put their images in place first; the number written,
     or None if the store does not lack this replica (then nothing is touched)."""
-    if not store.lacks_replica(src.name):
+    if not store.hub.lacks_replica(src.name):
         return None
     dest = store.root / "data" / src.name
     (dest / "images").mkdir(parents=True, exist_ok=True)

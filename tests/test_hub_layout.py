@@ -132,7 +132,7 @@ def test_a_commit_whose_record_was_lost_is_not_pushed_twice(tmp_path, fake_hub, 
     push(sync)
     ids.append(flag(store, 3))
     with monkeypatch.context() as m:  # the process dies between the commit and its record
-        m.setattr(store, "record_pushed", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+        m.setattr(store.hub, "record_pushed", lambda *a: (_ for _ in ()).throw(OSError("killed")))
         with pytest.raises(Exception):
             push(sync)
     ids.append(flag(store, 4))
