@@ -13,42 +13,19 @@ Local disk is the source of truth (store.py); the Hub is a backup and a way to s
 - the token is never logged, returned or shown: every error text is scrubbed (HubStatus).
 The model card pushed with each round is model_card.py's.
 """
-import logging
 import threading
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitScheduler, HfApi
+from huggingface_hub import CommitOperationAdd, CommitScheduler, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from . import files, hub_layout, hub_restore
-from .hub_rows import ROWS, VOTES
+from . import files, hub_push, hub_restore
+from .hub_push import ROW_FILES, mark_of
 from .examples import ROUND_NAME
 from .model_card import model_card
 from .registry import ROUND_FILES
 
 __all__ = ["HubSync", "HubSyncError", "HubStatus", "check_repo_id", "model_card"]
-
-
-log = logging.getLogger("dadc.hubsync")
-ROW_FILES = {ROWS: "data", VOTES: "votes"}  # a replica's row file -> the Hub folder of its shards
-
-
-def _mark(marks, name):
-    """What the pushes recorded so far carried of one row file: its first `bytes`, `rows` rows."""
-    mark = marks.get(name)
-    ok = isinstance(mark, dict) and all(isinstance(mark.get(k), int) and mark[k] >= 0 for k in ("bytes", "rows"))
-    return mark if ok else {"bytes": 0, "rows": 0}
-
-
-def _flag_records(file, rows):
-    """The shard records of a store file's rows, with their images' bytes. A row that is not whole
-    or whose image is gone (edited by hand: append() never leaves one) is logged and left out, so
-    it cannot stop every later push."""
-    for row in rows:
-        try:
-            yield hub_layout.flag_record(row, file.image(row["file_name"]), file.image(row["canvas_file_name"]))
-        except (KeyError, TypeError, OSError) as e:
-            log.warning("push: left out row %r of %s: %s", str(row.get("id"))[:64], file.path, type(e).__name__)
 
 
 class HubSyncError(RuntimeError):
@@ -174,7 +151,7 @@ class HubSync:
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
         marks = self.store.hub.pushed(self.repo_id)
-        return sum(self.store.hub.row_counts({name: _mark(marks, name)["bytes"] for name in ROW_FILES}).values())
+        return sum(self.store.hub.row_counts({name: mark_of(marks, name)["bytes"] for name in ROW_FILES}).values())
 
     def status(self):
         """For the dashboard. Safe to show: no token."""
@@ -293,7 +270,7 @@ class HubSync:
         one home like their snapshots, so the Hub never goes back."""
         with self.store.hub.push_lock():
             try:
-                info = self._push_flags(api)
+                info = hub_push.push_flags(api, self.repo_id, self.store)
             except Exception as e:
                 raise self.log.fail(e, "pushing flags to the Hub") from None
             try:
@@ -302,56 +279,6 @@ class HubSync:
                 raise self.log.fail(e, "pushing a round to the Hub", "The round is kept locally and retried.") from None
         self.log.pushed()
         return info
-
-    def _push_flags(self, api):
-        """One commit: the card if it changed, and a shard of each row file's rows past what the
-        record (store.pushed) says earlier pushes carried; then the record, once the commit worked.
-        No record (a first push, or it was lost) means from row 0: this replica's shards already
-        on the Hub are then deleted in the same commit, the new ones holding all their rows."""
-        marks = self.store.hub.pushed(self.repo_id)
-        files_now = self.store.hub.snapshot()
-        if any(files_now[name].size < _mark(marks, name)["bytes"] for name in ROW_FILES):
-            marks = {}  # a row file is shorter than what was pushed of it: not the file we pushed
-        with self.store.hub.scratch() as tmp:
-            ops, new_marks = [], {"card": hub_layout.CARD_SHA}
-            if marks.get("card") != hub_layout.CARD_SHA:
-                ops.append(CommitOperationAdd(path_or_fileobj=hub_layout.CARD.encode(), path_in_repo="README.md"))
-            for name, kind in ROW_FILES.items():
-                shards, new_marks[name] = self._shards(files_now[name], kind, _mark(marks, name), tmp)
-                ops += [CommitOperationAdd(path_or_fileobj=str(path), path_in_repo=rel) for rel, path in shards]
-            if not marks:
-                ops += self._stale_shards(api, {op.path_in_repo for op in ops})
-            if not ops:
-                return None
-            rows = {k: new_marks[k]["rows"] - _mark(marks, k)["rows"] for k in ROW_FILES}
-            info = api.create_commit(repo_id=self.repo_id, repo_type="dataset", operations=ops,
-                                     commit_message=f"Replica {self.store.replica}: {rows[ROWS]} flags, "
-                                                    f"{rows[VOTES]} votes")
-        self.store.hub.record_pushed(self.repo_id, new_marks)
-        return info
-
-    def _shards(self, file, kind, mark, tmp):
-        """([(path in repo, local shard file)], the new mark) for the rows of `file` past `mark`:
-        usually one shard; more when they hold over hub_layout.SHARD_BYTES of images."""
-        rows, end = file.rows(mark["bytes"])
-        if kind == "data":
-            groups, schema = hub_layout.chunks(_flag_records(file, rows)), hub_layout.FLAG_SCHEMA
-        else:
-            groups, schema = [[hub_layout.vote_record(r) for r in rows]] if rows else [], hub_layout.VOTE_SCHEMA
-        out, first = [], mark["rows"]
-        for group in groups:
-            rel = hub_layout.shard_name(kind, self.store.replica, first)
-            path = tmp / rel.replace("/", "_")
-            hub_layout.write_shard(group, schema, path)
-            out.append((rel, path))
-            first += len(group)
-        return out, {"bytes": end, "rows": first}
-
-    def _stale_shards(self, api, keep):
-        """Deletions of this replica's shards on the Hub but those in `keep` (being rewritten)."""
-        mine = (f"data/{self.store.replica}/", f"votes/{self.store.replica}/")
-        return [CommitOperationDelete(path_in_repo=p) for p in hub_restore.repo_files(api, self.repo_id) or []
-                if p.startswith(mine) and hub_layout.SHARD.fullmatch(p) and p not in keep]
 
     def _push_rounds(self, api):
         """Queued rounds, then the registry's state (CURRENT, history) when it changed. A round name
