@@ -4,7 +4,10 @@ p50 and p90 over `--strokes` strokes (the digits 7 1 0 4 2 of dadc.drawings, dra
 cleared after each), and the HTTP requests a stroke costs. At two sizes:
 
   desktop  1280x1000, mouse
-  phone    390x844, touch (CDP touch events), device pixel ratio 3, as a phone has
+  phone    390x844, touch (CDP touch events)
+
+(both at device pixel ratio 1: with no GPU, as here, Chromium renders the editor's WebGL on the CPU,
+where a phone's 3x pixels cost 9x the time per frame; a phone renders them on its GPU)
 
 and for two paths from the drawing to the model:
 
@@ -39,7 +42,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SIZES = {"desktop": dict(viewport={"width": 1280, "height": 1000}),
-         "phone": dict(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=3)}
+         "phone": dict(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)}
 DIGITS = [(7, "plain"), (1, "stick"), (0, "oval"), (4, "closed"), (2, "curved")]
 
 # the drawing's place on the screen: the editor's Pixi stage (see dadc/page.js), in CSS px
@@ -64,6 +67,15 @@ TIMER = """() => { window.__lat = []; window.__armed = false;
   }, true); }"""
 
 
+def image_rect(page):
+    """IMAGE_RECT once the editor has settled (it fits the image to its box just after loading)."""
+    last = None
+    while (rect := page.evaluate(IMAGE_RECT)) != last:
+        last = rect
+        page.wait_for_timeout(200)
+    return rect
+
+
 def strokes(digit, style, rect):
     """The strokes of one dadc.drawings digit, in screen px, filling the middle 60 % of the canvas."""
     from dadc import drawings
@@ -76,17 +88,18 @@ def strokes(digit, style, rect):
     return out
 
 
-def densify(points, step=6.0):
-    """Pointer reports every `step` px along the stroke, as a hand would give them."""
-    out = [points[0]]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        n = max(1, int(np.hypot(x1 - x0, y1 - y0) / step))
-        out += [(x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n) for k in range(1, n + 1)]
-    return out
+def resample(points, step=20.0):
+    """Pointer reports every `step` px along the stroke (a browser coalesces a hand's reports into
+    one per frame, and a frame takes ~0.2 s where WebGL runs on the CPU, as here)."""
+    p = np.asarray(points, dtype=float)
+    at = np.concatenate([[0], np.cumsum(np.hypot(*np.diff(p, axis=0).T))])
+    n = max(2, int(at[-1] / step) + 1)
+    s = np.linspace(0, at[-1], n)
+    return list(zip(np.interp(s, at, p[:, 0]), np.interp(s, at, p[:, 1])))
 
 
 def stroke(page, points, touch):
-    points = densify(points)
+    points = resample(points)
     if touch:
         cdp = page.context.new_cdp_session(page)
         kinds = ["touchStart"] + ["touchMove"] * (len(points) - 1)
@@ -112,7 +125,7 @@ def measure(browser, url, size, n):
     page.locator("#canvas .pixi-target canvas").first.wait_for(timeout=60_000)
     page.wait_for_function("() => document.querySelector('#canvas .toolbar-wrap button.highlight')", timeout=60_000)
     page.evaluate(TIMER)
-    rect = page.evaluate(IMAGE_RECT)
+    rect = image_rect(page)
     lat, per_stroke = [], []
     for digit, style in itertools.cycle(DIGITS):
         for s in strokes(digit, style, rect):
@@ -123,6 +136,7 @@ def measure(browser, url, size, n):
             stroke(page, s, size == "phone")
             page.wait_for_function(f"() => window.__lat.length > {len(lat)}", timeout=30_000)
             lat.append(page.evaluate(f"window.__lat[{len(lat)}]"))
+            print(f"  {size} stroke {len(lat)}: {lat[-1]:.0f} ms", file=sys.stderr, flush=True)
             page.wait_for_timeout(300)  # the 28x28 image's fetch and any late request belong to this stroke
             per_stroke.append(len(requests) - before)
         if len(lat) == n:

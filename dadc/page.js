@@ -49,12 +49,18 @@
     if (tools.length && !tools.some((b) => b.classList.contains("highlight"))) tools[0].click();
   }
 
-  // The editor's own Undo: the third-last of its icon buttons (Undo, Redo, Clear canvas); found by
-  // place, as its label is translated into the visitor's language.
+  // The editor's own Undo and Clear canvas: the third-last and the last of its icon buttons (Undo,
+  // Redo, Clear canvas), found by place, as their labels are translated into the visitor's
+  // language. Clearing through the editor works every time; setting the Sketchpad's value to
+  // null does not, as that value stays null while the page draws (nothing uploads it).
+  const icon = (fromEnd) => [...document.querySelectorAll("#canvas button.icon-button")].at(-fromEnd);
   function undo() {
-    const icons = [...document.querySelectorAll("#canvas button.icon-button")];
-    icons[icons.length - 3]?.click();
+    icon(3)?.click();
     setTimeout(live, 0); // once the editor has undone
+  }
+  function clear() {
+    icon(1)?.click();
+    latest = null;
   }
 
   function typing(target) {
@@ -63,25 +69,32 @@
       (tag === "INPUT" && !["radio", "checkbox"].includes(target.type));
   }
 
-  // A stroke is read at its pointerup, at once: Pixi handles pointerup on window, before this
-  // listener on document, and has drawn the stroke by then (waiting for a task instead costs
-  // ~0.2 s behind the editor's render loop in a browser without a GPU). A click on the editor's
-  // own tools (undo, redo, clear) is read once the editor has handled it.
+  // A stroke is read as soon as it ends: at its pointerup's last stop (window, bubbling), after
+  // the editor has drawn it. Then the editor's render loop is stopped: it would go on rendering
+  // for 0.5 s although the screen already shows the stroke, and where WebGL runs on the CPU (no
+  // GPU: some VMs and laptops, CI) each frame takes ~0.2 s and the answer waits behind them
+  // (measured here: 0.6-0.9 s to the answer with them, ~0.25 s without). The next pointer event
+  // starts it again. A click on the editor's own tools (undo, redo, clear) is read once the
+  // editor has handled it.
   let down = null;
   document.addEventListener("pointerdown", (e) => {
     down = e.target.closest?.("#canvas .pixi-target") ? "stroke" : e.target.closest?.("#canvas") ? "tool" : null;
   }, true);
-  document.addEventListener("pointerup", () => {
-    if (down === "stroke") live();
-    else if (down === "tool") setTimeout(live, 0);
+  window.addEventListener("pointerup", () => {
+    if (down === "stroke") {
+      live();
+      const app = globalThis.__PIXI_APP__;
+      app?.ticker.stop();
+    } else if (down === "tool") setTimeout(live, 0);
     down = null;
-  }, true);
+  });
 
   // Keys on the Draw tab: 0-9 choose the true digit, Enter flags, Backspace undoes, Escape clears.
+  // A held key acts once; keys typed into a text field, or with a modifier, are left alone.
   document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || typing(e.target)) return;
+    if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing || e.repeat || typing(e.target)) return;
     if (!$("#canvas")?.checkVisibility()) return; // another tab is shown
-    if (e.target.tagName === "BUTTON" && e.target.id !== "flag" && e.key === "Enter") return; // that button's own
+    if (e.key === "Enter" && e.target.tagName === "BUTTON" && e.target.id !== "flag") return; // its own
     const act = /^[0-9]$/.test(e.key) ? () => $(`#digit input[value="${e.key}"]`)?.click()
       : { Enter: () => $("#flag")?.click(), Backspace: undo, Escape: () => $("#clear")?.click() }[e.key];
     if (act) { e.preventDefault(); act(); }
@@ -90,5 +103,5 @@
   new MutationObserver(() => ready()).observe(document.documentElement, {
     childList: true, subtree: true, attributes: true, attributeFilter: ["class"] });
 
-  window.dadc = { snapshot, latest: () => latest ?? snapshot(), next: () => ++seq, live, ready, undo };
+  window.dadc = { snapshot, latest: () => latest ?? snapshot(), next: () => ++seq, live, ready, undo, clear };
 })();

@@ -135,7 +135,8 @@ def feedback_text(r, flags, fooled, hint, serving):
     elif digit is None:
         lines.append(f"None of the last {n} flag{'s' * (n > 1)} fooled round {serving}: find its blind spot.")
     else:
-        lines.append(f"Hint: lately, **{digit}s** fool round {serving} most often ({n_fooled} of {n} flags).")
+        lines.append(f"Hint: lately, **{digit}s** fool round {serving} most often "
+                     f"({n_fooled} of {n} flag{'s' * (n > 1)}).")
     return "\n\n".join(lines)
 
 
@@ -152,7 +153,7 @@ def draw_tab(studio, who):
             top = gr.HTML(top_line(None), elem_id="dadc-top", js_on_load=None)
             with gr.Row(elem_id="dadc-tools"):
                 gr.Button("Undo", size="md", elem_id="undo").click(None, js="() => dadc.undo()")
-                clear = gr.ClearButton(canvas, value="Clear", size="md", elem_id="clear")
+                clear = gr.Button("Clear", size="md", elem_id="clear")
         with gr.Column(scale=2):
             label = gr.Label(num_top_classes=3, label="The model says", elem_id="dadc-label")
             seen = gr.Image(label="What the model sees (28x28)", image_mode="L", height=140,
@@ -162,8 +163,10 @@ def draw_tab(studio, who):
             feedback = gr.Markdown(elem_id="feedback")
             gr.Markdown(KEYS, elem_id="keys")
             gr.Markdown(privacy_notice(studio.settings))
-    clear.add([label, seen])
-    clear.click(None, None, top, js=f"() => [{json.dumps(top_line(None))}]")  # in the browser, no request
+    # Clear, in the browser (no request): the editor's own clear, and the outputs' empty values as
+    # gr.ClearButton writes them (a Label given null breaks)
+    empty = [label.postprocess(None), seen.postprocess(None), top_line(None)]
+    clear.click(None, None, [label, seen, top], js=f"() => {{ dadc.clear(); return {json.dumps(empty)}; }}")
     # the page's light path: a PNG of the drawing (page.snapshot) and its number, filled in by js=
     snap, seq = gr.Textbox(visible=False), gr.Number(visible=False)
     live_btn = gr.Button(visible="hidden", elem_id="dadc-live")  # clicked by page.js on mouse-up
@@ -204,9 +207,9 @@ def draw_tab(studio, who):
     @shown
     def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
         visitor = who(request, profile)
-        receipt = studio.flag(canvas_value, true_digit, visitor)
-        counted().add(visitor.id, receipt)
-        return receipt
+        r = studio.flag(canvas_value, true_digit, visitor)
+        counted().add(visitor.id, r)  # page or API: every stored flag counts for its visitor
+        return r
 
     flag_api.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
 
@@ -220,10 +223,9 @@ def draw_tab(studio, who):
 
     flagged = flag_btn.click(flag_drawing, [snap, digit], receipt, js="(png, d) => [dadc.snapshot(), d]",
                              api_visibility="private", concurrency_limit=None)
-    # only once the flag is stored (success) is the canvas cleared, and in the browser (pure JS,
-    # as gr.ClearButton does): a Python event that writes None to the Sketchpad can leave it
-    # stuck "processing". page.js then makes the brush ready again.
-    flagged.success(None, None, canvas, js="() => [null]", api_visibility="private")
+    # only once the flag is stored (success) is the canvas cleared, in the browser by the editor's
+    # own Clear (page.js says why not by writing None to the Sketchpad); the brush stays ready
+    flagged.success(None, None, None, js="() => { dadc.clear(); }", api_visibility="private")
     flagged.success(after_flag, receipt, [feedback, digit, label, seen, top], api_visibility="private")
 
 
