@@ -1,5 +1,6 @@
-// The Draw tab in the browser (dadc/page.py says why it exists). window.dadc is used by the
-// events' js= in dadc/ui.py: snapshot() and next() for the live prediction and the flag.
+// The Draw tab in the browser (dadc/page.py says why it exists). The events' js= in dadc/ui.py
+// call window.dadc: latest() and next() for the live prediction, snapshot() for the flag, undo()
+// and clear() for the buttons under the canvas.
 (() => {
   const CANVAS = __CANVAS__;
   const $ = (selector) => document.querySelector(selector);
@@ -83,8 +84,7 @@
   window.addEventListener("pointerup", () => {
     if (down === "stroke") {
       live();
-      const app = globalThis.__PIXI_APP__;
-      app?.ticker.stop();
+      globalThis.__PIXI_APP__?.ticker.stop();
     } else if (down === "tool") setTimeout(live, 0);
     down = null;
   });

@@ -111,7 +111,8 @@ def build(settings, seed=ROUND0, round_cfg=None, sync="auto", mnist=None, studio
 
 
 BRUSH = 12  # the brush's radius in canvas px: 24 px strokes, a pen's width for a digit ~250 px tall
-KEYS = "Keys: <kbd>0</kbd>-<kbd>9</kbd> pick the true digit, <kbd>Enter</kbd> flags, <kbd>Backspace</kbd> undoes, <kbd>Esc</kbd> clears."
+KEYS = ("Keys: <kbd>0</kbd>-<kbd>9</kbd> pick the true digit, <kbd>Enter</kbd> flags, "
+        "<kbd>Backspace</kbd> undoes, <kbd>Esc</kbd> clears.")
 
 
 def top_line(value, seq=0):
@@ -127,7 +128,7 @@ def top_line(value, seq=0):
 
 def feedback_text(r, flags, fooled, hint, serving):
     """After a flag: the receipt, the visitor's running count, and what still fools the round."""
-    lines = [f"**{'You fooled it!' if r['fooled'] else 'Not fooled this time.'}** {md(r['message'])}",
+    lines = [f"**{'Fooled!' if r['fooled'] else 'Not fooled.'}** {md(r['message'])}",
              f"Your flags: **{flags}**, of which **{fooled}** fooled the model."]
     window_round, digit, n_fooled, n = hint
     if window_round != serving or not n:

@@ -171,7 +171,8 @@ def page(browser, app):
 
 def brush_ready(page):
     """The brush is the chosen tool (the toolbar's first, highlighted), with no click from us."""
-    page.wait_for_function("() => document.querySelector('#canvas .toolbar-wrap button')?.classList.contains('highlight')")
+    page.wait_for_function("() => document.querySelector('#canvas .toolbar-wrap button')"
+                           "?.classList.contains('highlight')")
     return True
 
 
@@ -231,7 +232,7 @@ def test_a_new_visitor_draws_7_1_0_4_2_each_read_live_with_no_tool_and_no_submit
         page = open_page(browser, app)
         try:
             uploads = []
-            page.on("request", lambda r: uploads.append(r.url) if re.search(r"/upload|component_server", r.url) else None)
+            page.on("request", lambda r: re.search(r"/upload|component_server", r.url) and uploads.append(r.url))
             assert brush_ready(page)
             assert not page.get_by_role("button", name="Submit").is_visible()
             said = draw(page, digit)
@@ -262,17 +263,16 @@ def test_the_flag_stores_exactly_the_prediction_the_visitor_saw(page, app, shots
 def test_keys_pick_flag_and_the_next_digit_draws_at_once(page, app, shots):
     assert draw(page, 7) == 7
     flag_with_keys(page, 7)
-    assert "Not fooled this time" in page.locator("#feedback").inner_text()
+    assert "Not fooled. Saved: round 0 said 7" in page.locator("#feedback").inner_text()
     # the canvas is clear and ready: blank, the brush chosen, the prediction line reset
     assert blank(page) and brush_ready(page) and top(page) == "draw a digit"
     page.screenshot(path=str(shots / "after-flag.png"))
     assert draw(page, 1) == 1  # at once: no tool to pick
     flag_with_keys(page, 2)
-    assert "You fooled it!" in page.locator("#feedback").inner_text()
+    assert "Fooled! You fooled round 0: it said 1." in page.locator("#feedback").inner_text()
     assert blank(page) and brush_ready(page)
 
 
-@pytest.mark.xfail(reason="failed in the last full browser run (undo to an empty canvas / the running count after a flag): open, see the stop note", strict=False)
 def test_undo_and_clear_at_hand_by_button_and_key(page, app, shots):
     first, second = bb.strokes(4, DIGITS[4], bb.image_rect(page))
     answered(page, lambda: bb.stroke(page, first, False))
@@ -295,7 +295,6 @@ def test_undo_and_clear_at_hand_by_button_and_key(page, app, shots):
     page.screenshot(path=str(shots / "cleared.png"))
 
 
-@pytest.mark.xfail(reason="failed in the last full browser run (undo to an empty canvas / the running count after a flag): open, see the stop note", strict=False)
 def test_after_a_flag_the_visitor_sees_their_running_count_per_identity_and_a_hint(browser, app, shots):
     me, other = next_address(), next_address()
     first = open_page(browser, app, me)
@@ -303,8 +302,17 @@ def test_after_a_flag_the_visitor_sees_their_running_count_per_identity_and_a_hi
         draw(first, 1)
         flag_with_keys(first, 8)  # a 1 said to be an 8: it fooled the model
         text = first.locator("#feedback").inner_text()
-        assert "You fooled it!" in text and "Your flags: 1, of which 1 fooled the model." in text
-        assert re.search(r"Hint: lately, 8s fool round 0 most often \(\d+ of \d+ flags?\)\.", text), text
+        assert "Fooled! You fooled round 0: it said 1." in text
+        assert "Your flags: 1, of which 1 fooled the model." in text
+        hint = re.search(r"Hint: lately, (\d)s fool round 0 most often \((\d+) of (\d+) flags?\)\.", text)
+        digit, fooled, flags = map(int, hint.groups())
+        # the store agrees: of this module's flags on round 0 (fewer than the window), that digit's
+        # fooled the model at the highest rate (then the most often)
+        rows = stored(app.home)
+        score = {d: (sum(r["prediction"] != d for r in rows if r["label"] == d), sum(r["label"] == d for r in rows))
+                 for d in range(10)}
+        assert score[digit] == (fooled, flags)
+        assert (fooled / flags, fooled) == max((f / n, f) for f, n in score.values() if f)
         first.screenshot(path=str(shots / "feedback.png"))
     finally:
         first.context.close()
