@@ -6,14 +6,9 @@ Lifecycle: Studio(settings) opens the store and the rounds (no network, no threa
 restores from the Hub when one is configured, starts the Hub sync and any round already due;
 stop() makes the final push.
 """
-import json
 import math
-import re
 import threading
-import time
-from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -21,14 +16,14 @@ from . import dashboard, data, files, preprocess
 from .checkpoint import CheckpointError
 from .config import RoundConfig
 from .examples import eligible, round_number
+from .limits import FlagLimits
+from .visitors import Attempts, Nicknames
 from .registry import ROUND0, Predictor, Registry
 from .retrain import RetrainJob
 from .store import FlagStore, StoreError
 
 KEEP_CANVAS = 256      # the stored copy of a canvas is at most this many pixels a side (enough to verify)
 SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
-MAX_SESSIONS = 10_000  # open drawings and rate-limit windows remembered (bounded memory)
-MAX_VISITORS = 100_000  # visitors whose attempts are counted and who may choose a nickname
 
 
 class StudioError(Exception):
@@ -91,10 +86,7 @@ class Studio:
                               on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
         self.nicknames = Nicknames(settings.home / "nicknames.json")
-        self.flag_limit = RateLimit(settings.flag_limit, per=60.0)         # per identity
-        self.anonymous_budget = RateLimit(settings.flag_budget, per=3600.0)  # all anonymous visitors together
-        self._lock = threading.Lock()
-        self._stored = self.store.count()  # for the store's hard cap (DADC_MAX_FLAGS), counted from here on
+        self.limits = FlagLimits(settings, stored=self.store.count())
         self.restoring = False  # the Hub restore is running (start())
         self.counts = dashboard.Counts(self)  # the dashboard's counts, shared by all visitors
 
@@ -119,8 +111,7 @@ class Studio:
             got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
             if got["rounds"] or self.registry.current() != self.predictor.round:
                 self.predictor.swap(self.registry.current())
-            with self._lock:
-                self._stored = self.store.count()
+            self.limits.recount(self.store.count())
         finally:
             self.restoring = False
             self.job.release()
@@ -164,15 +155,16 @@ class Studio:
             x = preprocess.to_mnist(canvas)
         except preprocess.CanvasError as e:
             raise StudioError(f"Nothing stored: {e}.") from None
-        self._admit_flag(who)
+        refusal = self.limits.refusal(who)
+        if refusal:
+            raise StudioError(refusal)
         name, p = self.predictor.probs(x)
         prediction = int(p.argmax())
         try:
             id_ = self.store.append(x, digit, canvas=keepable(preprocess.pick(canvas)), prediction=prediction,
                                     confidences=[float(v) for v in p], round=round_number(name), session=who.id)
         except StoreError as e:
-            with self._lock:
-                self._stored -= 1
+            self.limits.unreserve()
             raise StudioError(str(e)) from None
         self.attempts.close(who.id)
         self._changed()
@@ -180,22 +172,6 @@ class Studio:
             self.job.notify()
         return {"id": id_, "saved": True, "label": digit, "prediction": prediction, "fooled": prediction != digit,
                 "round": name, "message": self._receipt(name, digit, prediction, p[prediction])}
-
-    def _admit_flag(self, who):
-        """Refuse a flag over the limits (before anything is written), else reserve its place in
-        the store's cap. Only flags that would be stored count against the limits."""
-        wait = self.flag_limit.take(who.id)
-        if wait:
-            raise StudioError(f"Nothing stored: too many flags from this session (at most {self.flag_limit.n} "
-                              f"a minute). Try again in {math.ceil(wait)} s.")
-        if who.anonymous and self.anonymous_budget.take("anonymous"):
-            raise StudioError("Nothing stored: anonymous visitors have used this hour's flags: log in to keep "
-                              "flagging.")
-        with self._lock:
-            if self._stored >= self.settings.max_flags:
-                raise StudioError(f"Nothing stored: the collection is full ({self.settings.max_flags} examples); "
-                                  "the Space's owner has been asked to make room.")
-            self._stored += 1
 
     def _receipt(self, name, digit, prediction, confidence):
         _, more = self.job.pending()
@@ -289,7 +265,10 @@ class Studio:
 
     def set_nickname(self, name, who):
         """Opt in to the leaderboard under `name` (empty: opt out)."""
-        return {"nickname": self.nicknames.set(visitor(who).id, name)}
+        try:
+            return {"nickname": self.nicknames.set(visitor(who).id, name)}
+        except ValueError as e:
+            raise StudioError(str(e)) from None
 
     def retrain_now(self, who=None):
         self._require_admin(who, "start a retraining round")
@@ -300,111 +279,3 @@ class Studio:
     def dashboard(self, who=None):
         """The dashboard's numbers (dashboard.py); repo ids and error texts only for admins."""
         return dashboard.numbers(self, self.is_admin(who))
-
-
-class Attempts:
-    """Attempts per round and per visitor, for the model error rate: one per drawing a person got a
-    prediction for (not one per stroke of live prediction). Kept in memory, saved to DADC_HOME every
-    few seconds. At most MAX_VISITORS visitors are counted (bounded memory; later ones are not)."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._open = {}
-        self._saved = 0.0
-        try:
-            saved = json.loads(self.path.read_text())
-            saved = saved if "rounds" in saved else {"rounds": saved}  # the earlier format: rounds only
-            self._counts = Counter({int(k): int(v) for k, v in saved["rounds"].items()})
-            self._visitors = Counter({str(k): int(v) for k, v in saved.get("visitors", {}).items()})
-        except (OSError, ValueError, AttributeError, TypeError):
-            self._counts, self._visitors = Counter(), Counter()
-
-    def open(self, session, round_):
-        with self._lock:
-            if session not in self._open:
-                if len(self._open) >= MAX_SESSIONS:
-                    self._open.pop(next(iter(self._open)))
-                self._open[session] = round_
-                self._counts[round_] += 1
-                if session in self._visitors or len(self._visitors) < MAX_VISITORS:
-                    self._visitors[session] += 1
-        if time.monotonic() - self._saved > 5:
-            self.save()
-
-    def close(self, session):
-        with self._lock:
-            self._open.pop(session, None)
-
-    def counts(self):
-        with self._lock:
-            return dict(self._counts)
-
-    def by_visitor(self):
-        with self._lock:
-            return dict(self._visitors)
-
-    def save(self):
-        with self._lock:
-            text = json.dumps({"rounds": {str(k): v for k, v in self._counts.items()}, "visitors": self._visitors})
-            self._saved = time.monotonic()
-        try:
-            files.write_atomic(self.path, text)
-        except OSError:
-            pass  # a counter, not data: never fail a request for it
-
-
-class Nicknames:
-    """The names visitors chose for the leaderboard (opt-in: an anonymous visitor is never shown
-    without one). {visitor id: name} in DADC_HOME/nicknames.json."""
-
-    NAME = re.compile(r"[\w .\-]{1,24}")
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self._names = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
-        except (OSError, ValueError, AttributeError):
-            self._names = {}
-
-    def set(self, who, name):
-        """Show `who` as `name` (stripped; empty: not shown any more)."""
-        name = str(name or "").strip()
-        if name and not self.NAME.fullmatch(name):
-            raise StudioError("A nickname is 1-24 letters, digits, spaces, dots, dashes or underscores.")
-        with self._lock:
-            if name:
-                if who not in self._names and len(self._names) >= MAX_VISITORS:
-                    raise StudioError("The leaderboard is full.")
-                self._names[who] = name
-            else:
-                self._names.pop(who, None)
-            files.write_atomic(self.path, json.dumps(self._names))
-        return name or None
-
-    def all(self):
-        with self._lock:
-            return dict(self._names)
-
-
-class RateLimit:
-    """At most n events per `per` seconds for each key (a sliding window), e.g. flags per session."""
-
-    def __init__(self, n, per):
-        self.n, self.per = n, per
-        self._lock = threading.Lock()
-        self._times = {}  # key -> deque of the monotonic times of its last n events
-
-    def take(self, key):
-        """Record one event for key and return 0, or, over the limit, the seconds until the next is
-        allowed (and record nothing)."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._times.setdefault(key, deque(maxlen=self.n))
-            if len(times) == self.n and now - times[0] < self.per:
-                return self.per - (now - times[0])
-            times.append(now)
-            if len(self._times) > MAX_SESSIONS:  # bounded memory: forget the keys that are quiet now
-                self._times = {k: t for k, t in self._times.items() if now - t[-1] < self.per}
-            return 0.0

@@ -2,7 +2,6 @@
 a local Hub (tests/fake_hub.py on HF_ENDPOINT): SIGTERM pushes what was acknowledged; a flag reaches
 the Hub within DADC_PUSH_DELAY; a fresh disk serves the same round with the same history and trains
 nothing at boot; one app per home; DADC_HOME anywhere; torn lines repaired; SIGKILL at random points."""
-import json
 import os
 import random
 import shutil

@@ -1,0 +1,66 @@
+"""What a flood of flags may cost us: at most `flag_limit` flags a minute from one identity, at
+most `flag_budget` an hour from all anonymous visitors together, and at most `max_flags` in the
+store. Checked before anything is written; only flags that would be stored count."""
+import math
+import threading
+import time
+from collections import deque
+
+MAX_KEYS = 10_000  # rate-limit windows remembered (bounded memory)
+
+
+class RateLimit:
+    """At most n events per `per` seconds for each key (a sliding window), e.g. flags per session."""
+
+    def __init__(self, n, per):
+        self.n, self.per = n, per
+        self._lock = threading.Lock()
+        self._times = {}  # key -> deque of the monotonic times of its last n events
+
+    def take(self, key):
+        """Record one event for key and return 0, or, over the limit, the seconds until the next is
+        allowed (and record nothing)."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._times.setdefault(key, deque(maxlen=self.n))
+            if len(times) == self.n and now - times[0] < self.per:
+                return self.per - (now - times[0])
+            times.append(now)
+            if len(self._times) > MAX_KEYS:  # bounded memory: forget the keys that are quiet now
+                self._times = {k: t for k, t in self._times.items() if now - t[-1] < self.per}
+            return 0.0
+
+
+class FlagLimits:
+    def __init__(self, settings, stored):
+        """stored: the examples already in the store (the cap counts from there)."""
+        self.per_visitor = RateLimit(settings.flag_limit, per=60.0)
+        self.anonymous = RateLimit(settings.flag_budget, per=3600.0)
+        self.max_flags = settings.max_flags
+        self.stored = stored
+        self._lock = threading.Lock()
+
+    def refusal(self, who):
+        """Why this visitor's flag is refused now (a message for them), else None, having reserved
+        its place under the cap (give it back with `unreserve` if the flag is not stored after all)."""
+        wait = self.per_visitor.take(who.id)
+        if wait:
+            return (f"Nothing stored: too many flags from this session (at most {self.per_visitor.n} a minute). "
+                    f"Try again in {math.ceil(wait)} s.")
+        if who.anonymous and self.anonymous.take("anonymous"):
+            return "Nothing stored: anonymous visitors have used this hour's flags: log in to keep flagging."
+        with self._lock:
+            if self.stored >= self.max_flags:
+                return (f"Nothing stored: the collection is full ({self.max_flags} examples); "
+                        "the Space's owner has been asked to make room.")
+            self.stored += 1
+        return None
+
+    def unreserve(self):
+        with self._lock:
+            self.stored -= 1
+
+    def recount(self, stored):
+        """After a restore brought examples in."""
+        with self._lock:
+            self.stored = stored
