@@ -4,7 +4,9 @@ For each size, in a fresh process and a fresh DADC_HOME: N flags (MNIST test dig
 vote) are written through FlagStore.append with fsync turned off for the seeding only (so 100k
 take seconds, not minutes; the files are the real layout). Then, server side (the Studio that the
 page's events call, no HTTP): start-up (Studio + the first dashboard), then the median of 50
-requests each of flag, next-to-verify, verify and dashboard, and the resident memory. `--round`
+requests each of flag, next-to-verify, verify and dashboard, and the resident memory. `append_ms` is
+the flag's durable write alone (FlagStore.append of the 28x28 and the kept canvas: PNG encoding,
+the images' and their folder's fsyncs, the row's): the part of `flag_ms` that is not /predict's work. `--round`
 also times one retraining round (RoundConfig from the environment) on that store.
 """
 import argparse
@@ -67,8 +69,13 @@ def one_size(n, do_round):
     studio.dashboard()
     startup = time.perf_counter() - t
     canvas = draw(arrays["test_x"][0])
+    from dadc.preprocess import to_mnist
+    from dadc.service import keepable
+
+    x, kept = to_mnist(canvas), keepable(canvas)
     out = {"flags": n, "seed_s": round(seeded, 1), "startup_s": round(startup, 2),
            "flag_ms": median_ms(lambda i: studio.flag(canvas, 3, f"anon-bench{i}")),
+           "append_ms": median_ms(lambda i: studio.store.append(x, 3, canvas=kept, prediction=3, session="b")),
            "next_ms": median_ms(lambda i: studio.next_to_verify(f"anon-judge{i}"))}
     ids = [studio.next_to_verify(f"anon-judge{i}")["id"] for i in range(50)]
     out["verify_ms"] = median_ms(lambda i: studio.verify(ids[i], True, f"anon-judge{i}"))

@@ -349,7 +349,7 @@ def run(source, home, max_flags=None, err=None):
 
         # rows are read (and preprocessed) by WORKERS threads ahead of this loop, which decides in
         # source order what is a duplicate; the appends run on APPENDERS threads, so that the
-        # store's fsyncs (5 a row) overlap instead of queueing (FlagStore is safe for many threads)
+        # store's fsyncs (4 a row, in two rounds) overlap instead of queueing (FlagStore is safe for many threads)
         pending = deque()
         with warnings.catch_warnings(), ThreadPoolExecutor(APPENDERS) as writers:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked from the header

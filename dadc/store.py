@@ -16,9 +16,10 @@ under `label`):
     flags/tmp/  flags/.lock  flags/.push.lock     never pushed
 
 Concurrency: rows are appended with files.append_line (flock, torn-tail repair, fsync), so many
-threads and several processes may share one home. Images are written to tmp/, fsynced and renamed
-into place *before* the row naming them is appended, so a row never points at a missing file; a
-crash in between leaves an unnamed image, which `datasets` ignores (rows come from metadata).
+threads and several processes may share one home. Images are written to tmp/ and renamed into
+place, then they and their folder are fsynced (together: files.fsync_all) *before* the row naming
+them is appended, so a durable row never points at a missing or partial file; a crash before the
+row leaves an unnamed image (perhaps partial), which nothing reads (rows come from metadata).
 """
 import errno
 import io
@@ -344,14 +345,17 @@ class FlagStore:
         row = {"file_name": file_name, "canvas_file_name": canvas_name, "label": label, "prediction": prediction,
                "confidences": confidences, "round": int(round), "time": files.utc_now(),
                "session": str(session)[:MAX_SESSION], "id": id_}
-        written = []
+        written, fds = [], []
         try:
             for name, img in ((file_name, image28), (canvas_name, canvas)):
                 if img is None or name in written:
                     continue
-                files.write_atomic(self.dir / name, _png(img), self.root / "tmp", sync_dir=False)
+                fds.append(files.place(self.dir / name, _png(img), self.root / "tmp"))
                 written.append(name)
-            files.fsync_dir(self.dir / "images")  # the images are durable before a row names them
+            fds.append(os.open(self.dir / "images", os.O_RDONLY))
+            # the images and their names are durable before a row names them: their fsyncs and the
+            # folder's run together (one journal commit, not three), then the row's own
+            files.fsync_all(fds)
             files.append_line(self.dir / ROWS, row)
         except OSError as e:
             for name in written:  # unnamed images are harmless, but do not leave litter
@@ -360,6 +364,9 @@ class FlagStore:
                 except OSError:
                     pass
             raise StoreError(_why(self.root, e)) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
         return id_
 
     def validate(self, id, session, agree, digit=None, admin=False):

@@ -56,6 +56,62 @@ def test_append_and_read_back(tmp_path):
     assert list((tmp_path / "flags" / "tmp").iterdir()) == []
 
 
+def _durability_log(monkeypatch):
+    """Record, in order, every fsync (by the path its descriptor names) and every write of bytes
+    (by path), whichever thread makes it."""
+    from dadc import files
+
+    events, real_fsync, real_write = [], os.fsync, files.write_all
+
+    def fsync(fd):
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def write_all(fd, data):
+        events.append(("write", os.readlink(f"/proc/self/fd/{fd}")))
+        real_write(fd, data)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(files, "write_all", write_all)
+    return events
+
+
+def test_images_and_their_folder_are_durable_before_the_row_is_written(tmp_path, monkeypatch):
+    """What a crash at any moment relies on: both images' data and the folder that names them are
+    fsynced before a byte of the row is written, and the row is fsynced before append returns."""
+    store = FlagStore(tmp_path)
+    events = _durability_log(monkeypatch)
+    i = store.append(digit(1), 7, canvas=Image.new("RGB", (64, 64), "white"))
+    meta, images = str(store.dir / "metadata.jsonl"), store.dir / "images"
+    row = events.index(("write", meta))
+    for path in (images / f"{i}.png", images / f"{i}-canvas.png", images):
+        assert events.index(("fsync", str(path))) < row, (path, events)
+    assert events[-1] == ("fsync", meta)
+    assert store.count() == 1 and store.find(i).label == 7
+
+
+def test_an_image_that_cannot_be_made_durable_leaves_no_row_and_no_image(tmp_path, monkeypatch):
+    import errno
+
+    from dadc.store import StoreError
+
+    store = FlagStore(tmp_path)
+    store.append(digit(0), 0)
+    before = sorted((store.dir / "images").iterdir())
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("-canvas.png"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StoreError, match="cannot save the flag"):
+        store.append(digit(1), 1, canvas=Image.new("RGB", (64, 64), "white"))
+    assert store.count() == 1 and sorted((store.dir / "images").iterdir()) == before
+    assert list((tmp_path / "flags" / "tmp").iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", [
     dict(label=10), dict(label="7"), dict(label=True), dict(label=-1),
     dict(image=Image.new("L", (27, 28))), dict(prediction=11), dict(confidences=[0.5, 0.5]), dict(round=-1),
