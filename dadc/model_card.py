@@ -81,14 +81,16 @@ def model_card(round_dir, counts=None, dataset_repo=None):
     matrix = metrics.get("matrix_row") if isinstance(metrics.get("matrix_row"), dict) else {}
     gate = metrics.get("gate") if isinstance(metrics.get("gate"), dict) else {}
     train = metrics.get("train") or config.get("train") or {}
-    parent = config.get("parent") or gate.get("base")
+    parent = config.get("parent") or gate.get("base")  # the round it replaced
+    init = train.get("init") or parent                  # the round it was fine-tuned from
     return "\n".join([
         _front_matter(round_dir.name, metrics, pgd, dataset_repo),
         f"# DADC studio: {round_dir.name}",
         "",
         "An MNIST digit classifier from a dynamic adversarial data collection loop: people drew digits",
         "the serving round got wrong, and this round was fine-tuned"
-        + (f" from {parent}" if parent else "") + " on MNIST plus those examples with PGD adversarial training.",
+        + (f" from {init}" if init else "") + " on MNIST plus those examples with PGD adversarial training"
+        + (f"; it replaced {parent}." if parent and parent != init else "."),
         "",
         "## Evaluation", "", _table(("set", "examples", "accuracy"), rows), "",
         "## Examples that fooled earlier rounds", "",

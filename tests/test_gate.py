@@ -3,6 +3,8 @@ train, human hold-out no worse than the serving round (and said so when there ar
 test set only reported; round-000 measured once per home; what the history and metrics.json keep."""
 import json
 
+import torch
+
 from dadc import retrain
 from dadc.config import RoundConfig
 from dadc.gate import gate
@@ -55,7 +57,9 @@ def test_a_round_records_val_test_human_and_the_reference_measured_once(loop, mo
 
     def fine_tune(state, net, x, *args, **kwargs):
         seen.append(x)
+        starts.append({k: v.clone() for k, v in state.items()})
         return real_fine_tune(state, net, x, *args, **kwargs)
+    starts = []
     monkeypatch.setattr(retrain, "measure", measure)
     monkeypatch.setattr(retrain, "fine_tune", fine_tune)
 
@@ -80,6 +84,11 @@ def test_a_round_records_val_test_human_and_the_reference_measured_once(loop, mo
     assert m["reference"] == ref and m["val_clean_acc"] == second["candidate"]["val_clean_acc"]
     assert m["gate"]["notes"] == second["notes"] and m["eval"]["val_n"] == TINY["val_n"]
     assert set(m["matrix_row"]) == {"round-000", "round-001"}  # every earlier round, n 0 where none held out
+    # each round fine-tunes round-000 (not the serving round: no drift compounding from round to round)
+    r0 = registry.load("round-000")[0].state_dict()
+    assert len(starts) == 2 and all(torch.equal(st[k], r0[k]) for st in starts for k in r0)
+    assert not all(torch.equal(registry.load("round-001")[0].state_dict()[k], r0[k]) for k in r0)
+    assert m["train"]["init"] == "round-000" and registry.metrics("round-001")["train"]["init"] == "round-000"
     # the validation slice (the last val_n of MNIST train) never trains a round
     from dadc import data
     x, _ = data.tensors(arrays, "train")

@@ -50,6 +50,12 @@ def test_a_full_card_is_a_valid_hub_card_with_everything_recorded(tmp_path):
         assert line in text, line
 
 
+def test_a_round_fine_tuned_from_round_000_says_so_and_what_it_replaced(tmp_path):
+    text = model_card(round_dir(tmp_path, {**METRICS, "train": {**METRICS["train"], "init": "round-000"}}))
+    assert "fine-tuned from round-000 on MNIST" in text and "it replaced round-001." in text
+    assert "| init | round-000 |" in text
+
+
 def test_a_card_with_little_recorded_is_still_valid_and_says_what_is_missing(tmp_path):
     text = model_card(round_dir(tmp_path, {}, "round-000"))
     card = ModelCard(text)

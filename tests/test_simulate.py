@@ -1,11 +1,18 @@
 """simulate's report: per round the serving round, unseen fool rate, MNIST clean and PGD accuracy,
 human hold-out accuracy, the verdict with reasons and notes, seconds; the round-by-round matrix;
-drawings from the style-varied generator, or MNIST digits on canvases behind a flag."""
+drawings from the style-varied generator (N per family or N in all), or MNIST digits on canvases
+behind a flag; when the pool runs dry, fresh drawings with a seed of their own per round (the unseen
+half never among them), or a clear stop; the matrix also on the dashboard and in the model cards."""
 import csv
 import hashlib
+from types import SimpleNamespace
 
-from dadc import drawings, examples, simulate
+import numpy as np
+
+from dadc import dashboard, drawings, examples, simulate
 from dadc.config import RoundConfig
+from dadc.model_card import model_card
+from dadc.registry import Registry
 from test_rounds import TINY, cli, mnist_into, round0  # noqa: F401 (fixtures)
 
 
@@ -50,6 +57,17 @@ def test_rows_and_the_matrix(tmp_path, round0, monkeypatch):
             assert (cell["acc"] is None) == (cell["n"] == 0) and (cell["acc"] is None or 0 <= cell["acc"] <= 1)
     text = simulate.summary(result)
     assert "round-002" in text and "accuracy on the held-out drawings that fooled each round" in text
+    assert result["stopped"] is None and result["fresh_drawn"] == 0  # labels off by one: no family, no fresh
+    # the same matrix on the dashboard (from each promoted round's metrics) and in each round's model card
+    home = tmp_path / "home"
+    plot = dashboard.matrix(SimpleNamespace(registry=Registry(home, round0)))
+    want = [{"round": r, "fooled": f"fooled {k}", "accuracy": cell["acc"], "n": cell["n"]}
+            for r, row in matrix.items() for k, cell in row.items() if cell["acc"] is not None]
+    assert plot == want
+    for r, row in matrix.items():
+        card = model_card(home / "rounds" / r)
+        for k, cell in row.items():
+            assert f"| {k} | {cell['n']} | {'-' if cell['acc'] is None else format(cell['acc'], '.2%')} |" in card
 
 
 def test_make_drawings_uses_the_generator_or_mnist_canvases(tmp_path):
@@ -70,3 +88,71 @@ def test_summary_of_round_0_alone():
            "human_acc": None, "human_n": 0, "flagged": 0}
     text = simulate.summary({"rounds": [row], "matrix": {"round-000": {}}})
     assert "round-000" in text and "fooled each round" not in text
+
+
+def test_fresh_drawings_have_seeds_of_their_own(tmp_path):
+    def pixels(xs):
+        return {simulate.pixels(x) for x in xs}
+
+    fams = ["plain", "thin"]
+    r1 = [d for _, d in zip(range(6), simulate.fresh_drawings(fams, 7, 1))]
+    assert [y for _, y, _ in r1] == [0, 0, 1, 1, 2, 2]  # families in turn, digits in turn
+    again = [d[0] for _, d in zip(range(6), simulate.fresh_drawings(fams, 7, 1))]
+    other = [d[0] for _, d in zip(range(6), simulate.fresh_drawings(fams, 7, 2))]
+    campaign = simulate.read_drawings(drawings.make(tmp_path / "c", 6, seed=7, families=fams))
+    assert pixels(again) == pixels(x for x, _, _ in r1)
+    assert not pixels(again) & pixels(other) and not pixels(again) & pixels(x for x, _, _ in campaign)
+
+
+def test_when_the_pool_runs_dry_people_draw_fresh_ones_and_never_an_unseen_one(tmp_path, round0, monkeypatch):
+    folder = drawings.make(tmp_path / "drawings", 4, seed=11, families=["plain", "thick"])  # pool of 4
+    campaign = simulate.read_drawings(folder)
+    real = simulate.fresh_drawings
+
+    def fresh(families, seed, round_):  # the generator's first offers: every campaign drawing, mislabelled
+        assert families == ["plain", "thick"] and seed == 3
+        for x, y, path in campaign:
+            yield x, (y + 1) % 10, simulate._copy(path)
+        yield from real(families, seed, round_)
+    monkeypatch.setattr(simulate, "fresh_drawings", fresh)
+    result = simulate.simulate(folder, 2, mnist_into(tmp_path / "home"), 6, round0, seed=3,
+                               cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1), log=lambda m: None)
+    rows = result["rounds"]
+    assert result["stopped"] is None and [r["flagged"] for r in rows] == [0, 6, 12]
+    for r in rows[1:]:
+        assert r["fresh_drawn"] > 0 and r["fresh_flagged"] >= 6 - 4 and r["tried"] >= r["fresh_drawn"]
+    # the unseen half (4 of the 8 drawings) was offered again as fresh ones, and never flagged
+    order = np.random.default_rng(3).permutation(len(campaign))
+    unseen = {simulate.pixels(campaign[i][0]) for i in order[4:]}
+    pool = {simulate.pixels(campaign[i][0]) for i in order[:4]}
+    from dadc.store import FlagStore
+    store = FlagStore(tmp_path / "home")
+    flagged = {np.asarray(store.image(e), dtype=np.uint8).tobytes() for e in store.examples()}
+    assert len(store.examples()) == 12 and not flagged & unseen
+    assert flagged & pool  # the offers were taken (pool drawings, mislabelled), all but the unseen ones
+
+
+def test_a_campaign_that_runs_dry_says_so_and_stops(tmp_path, round0):
+    folder = drawings.make(tmp_path / "drawings", 4, seed=11, families=["plain", "thick"])
+    result = simulate.simulate(folder, 3, mnist_into(tmp_path / "home"), 6, round0, fresh_max=0,
+                               cfg=RoundConfig(**TINY), log=lambda m: None)
+    assert [r["round"] for r in result["rounds"]] == [0]
+    assert result["stopped"].startswith("round 1: the pool ran dry: only ") and "threshold 6" in result["stopped"]
+    assert "(0 of them fresh)" in result["stopped"] and result["fresh_drawn"] == 0
+    assert result["stopped"] in simulate.summary(result)
+
+
+def test_make_drawings_in_all(tmp_path):
+    home = mnist_into(tmp_path / "home")
+    r = cli("simulate", "--drawings", tmp_path / "a", "--make-drawings", 10, "--total", "--seed", 4,
+            "--families", "plain,thin,thick", home=home)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "a" / "labels.csv")))
+    assert [row["family"] for row in rows] == ["plain"] * 4 + ["thin"] * 3 + ["thick"] * 3
+    assert len(list((tmp_path / "a").glob("*.png"))) == 10 and "10 drawings in all" in r.stderr
+    drawings.make(tmp_path / "b", 4, seed=4, families=["plain", "thin", "thick"])
+    for row in rows:  # drawing i of a family is the one drawings.make writes
+        assert (tmp_path / "a" / row["file"]).read_bytes() == (tmp_path / "b" / row["file"]).read_bytes()
+    r = cli("simulate", "--drawings", tmp_path / "c", "--make-drawings", 3, "--total", "--families", "crayon",
+            home=home)
+    assert r.returncode == 1 and "unknown families" in r.stderr

@@ -146,3 +146,34 @@ def test_leaderboard_counts_verified_fooling_examples_and_is_opt_in_for_anonymou
         studio.set_nickname("<script>", anon)
     studio.set_nickname("Zed", anon)
     assert [row[:3] for row in studio.dashboard()["leaders"]] == [["ada", 2, 1], ["Zed", 1, 0]]
+
+
+def test_verified_only_rounds_start_when_votes_verify_enough(round0, tmp_path_factory, mnist, tmp_path):  # noqa: F811
+    """Through the server: with DADC_VERIFIED_ONLY=1 flags alone start no round; the votes that
+    verify the threshold's worth start it, and it learns from the verified examples only."""
+    import json
+    import time
+
+    a = App(tmp_path_factory.mktemp("verified-only") / "home", round0, DADC_VOTES="2", DADC_THRESHOLD="2",
+            DADC_VERIFIED_ONLY="1", DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
+
+    def attempts():
+        path = a.home / "rounds" / "history.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [h for h in map(json.loads, lines) if h.get("event") == "attempt"]
+    try:
+        ids = [flag(a, mnist, tmp_path, 10 + i)[1] for i in range(3)]
+        assert a.client().predict(ids[0], True, api_name="/verify")["verified"] is False
+        time.sleep(3)
+        assert attempts() == []  # three flags, none verified: no round
+        a.client().predict(ids[0], True, api_name="/verify")
+        for _ in range(2):
+            a.client().predict(ids[1], True, api_name="/verify")
+        deadline = time.time() + 180
+        while not attempts() and time.time() < deadline:
+            time.sleep(1)
+        [attempt] = attempts()
+        assert attempt["counts"]["human eligible"] == 2  # the unverified third is left out
+        assert attempt["counts"]["human examples"] + attempt["counts"]["human held out"] <= 2
+    finally:
+        a.stop()
