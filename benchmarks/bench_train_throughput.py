@@ -7,6 +7,13 @@ net, batch size, PGD steps and step size; both train the same number of samples.
 
     python benchmarks/bench_train_throughput.py                      # CPU, net "fast", k=10
     python benchmarks/bench_train_throughput.py --device cuda --samples 60000
+
+--options instead times our trainer with today's recipe against each issue-14 option (TRADES, EMA,
+canvas augmentation, PGD-20 throughout as --steps-late does at the end, and all of them together as
+--recipe round0 trains), same net, batch and samples; the augmentation pool's one-off build is timed
+apart (it is not in the samples/s):
+
+    python benchmarks/bench_train_throughput.py --options --samples 30000 --repeats 1
 """
 import argparse
 import os
@@ -77,7 +84,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--home", default=os.environ.get("DADC_HOME", ".dadc"))
+    p.add_argument("--options", action="store_true", help="today's recipe against the issue-14 options")
+    p.add_argument("--augment-n", type=int, default=2000, help="pool size for the augment variants")
     args = p.parse_args()
+    if args.options:
+        return options(args)
 
     x, y = data.load(args.home, "train", log=lambda m: print(m, file=sys.stderr))
     eps, alpha = 0.3, 2.5 * 0.3 / args.steps
@@ -111,6 +122,44 @@ def main():
     for label, values in runs.items():
         median = statistics.median(values)
         print(f"{label:52s} {median:8.1f} samples/s   {median / base:5.2f}x")
+
+
+def options(args):
+    from dadc import augment
+
+    x, y = data.load(args.home, "train", log=lambda m: print(m, file=sys.stderr))
+    base = TrainConfig(net=args.net, epochs=args.samples / len(x), batch_size=args.batch_size, steps=args.steps,
+                       device=args.device)
+    t = time.perf_counter()
+    pool = augment.pool(x, y, args.augment_n, 0, seed=0)
+    build = time.perf_counter() - t
+    augment.pool = lambda *a, **k: pool  # every augment run reuses the pool timed above
+    variants = {
+        f"today: CE, PGD-{args.steps}": {},
+        "--loss trades --beta 6": dict(loss="trades"),
+        "--ema 0.999": dict(ema=0.999),
+        f"--augment 0.2 (pool of {args.augment_n})": dict(augment=0.2, augment_n=args.augment_n),
+        f"PGD-{2 * args.steps} throughout (--steps-late {2 * args.steps} at the end)": dict(steps=2 * args.steps),
+        "round0 (trades, ema, augment; PGD-10)": dict(loss="trades", ema=0.999, augment=0.2, augment_n=args.augment_n),
+    }
+    warm = TrainConfig(**{**base.__dict__, "epochs": 2 * args.batch_size / len(x)})
+    train(nets.build(args.net), x, y, warm, progress=False)
+    runs = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved, so a slow moment on a shared machine hits all alike
+        for name, kw in variants.items():
+            cfg = TrainConfig(**{**base.__dict__, **kw})
+            runs[name].append(timed(lambda: (train(nets.build(args.net), x, y, cfg, progress=False),
+                                              round(cfg.epochs * len(x)))[1]))
+            print(f"  {name}: {runs[name][-1]:.1f} samples/s", file=sys.stderr, flush=True)
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {dev}; torch {torch.__version__}; net {args.net}; batch {args.batch_size}; "
+          f"{args.samples} samples per run; median of {args.repeats} runs; bf16 autocast where native")
+    print(f"augmentation pool: {args.augment_n} canvases in {build:.1f} s ({1000 * build / args.augment_n:.1f} ms each), "
+          f"once before training")
+    first = statistics.median(runs[next(iter(runs))])
+    for name, values in runs.items():
+        median = statistics.median(values)
+        print(f"{name:58s} {median:8.1f} samples/s   {median / first:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -19,21 +19,74 @@ def cmd_data(args, settings):
     print(f"MNIST ok: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test at {data.cache_path(settings.home)}")
 
 
+# train-command options beyond TrainConfig, with their defaults (a --recipe may set them too)
+TRAIN_OPTIONS = {"val_n": 0, "val_robust_n": 1000, "eval_n": 10000, "eval_eps": 0.3, "eval_steps": 40,
+                 "eval_alpha": 0.01, "eval_aa_n": 0, "eval_aa_attacks": "apgd-ce,apgd-t", "eval_drawings_n": 0,
+                 "eval_drawings_seed": 4242}
+
+
+def _train_settings(args):
+    """(TrainConfig, options): TrainConfig's defaults, then the --recipe's values, then the flags given."""
+    from .training import RECIPES, TrainConfig
+
+    recipe = RECIPES[args.recipe] if args.recipe else {}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    pick = lambda name, default: given.get(name, recipe.get(name, default))  # noqa: E731
+    cfg = TrainConfig(**{f.name: pick(f.name, f.default) for f in fields(TrainConfig)})
+    return cfg, {name: pick(name, default) for name, default in TRAIN_OPTIONS.items()}
+
+
+def machine(device="cpu"):
+    """What a run ran on: CPU model, GPU name (if used), torch threads and version."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpus": __import__("os").cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def cmd_train(args, settings):
     import torch
 
     from . import checkpoint, data, evaluate, nets
-    from .training import TrainConfig, train
+    from .training import train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)}).check()
+    wall = time.perf_counter()
+    cfg, opt = _train_settings(args)
+    cfg.check()
     if cfg.attack != "none" and not 0 < cfg.fraction <= 1:  # as seed 003; normal training is --attack none
         raise ValueError(f"--fraction must be in (0, 1], got {cfg.fraction} (use --attack none for normal training)")
+    if not 0 <= opt["val_n"] < 60000 or opt["eval_aa_n"] < 0 or opt["eval_drawings_n"] < 0:
+        raise ValueError("--val-n must be in [0, 60000), --eval-aa-n and --eval-drawings-n >= 0")
     nets.build(cfg.net)  # fail on an unknown net before loading any data
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available")
     arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
     x, y = data.tensors(arrays, "train")
     xt, yt = data.tensors(arrays, "test")
+    val = None
+    if not opt["val_n"]:
+        validate = None
+    else:  # the last val_n of MNIST train (the gate's slice): held out, selects the epoch
+        x, y, xv, yv = x[:-opt["val_n"]], y[:-opt["val_n"]], x[-opt["val_n"]:], y[-opt["val_n"]:]
+        rn = opt["val_robust_n"]
+        val = {"n": len(xv), "robust_n": len(xv[:rn]), "attack": f"PGD-10, eps {cfg.eps}, step 2.5*eps/10",
+               "split": f"MNIST train, last {len(xv)} (not trained on)", "score": "robust accuracy"}
+
+        def validate(model):
+            model = model.cpu() if cfg.device != "cpu" else model
+            clean = evaluate.accuracy(model, xv, yv)
+            robust = evaluate.robust_accuracy(model, xv[:rn], yv[:rn], cfg.eps, 10)
+            model.to(cfg.device)
+            return {"clean_acc": clean, "robust_acc": robust, "score": robust}
     human = None
     if args.human:
         from .store import human_tensors
@@ -49,16 +102,17 @@ def cmd_train(args, settings):
         torch.manual_seed(cfg.seed)
         model = nets.build(cfg.net)
     start = time.perf_counter()
-    history = train(model, x, y, cfg, human=human)
+    history = train(model, x, y, cfg, human=human, validate=validate)
     seconds = time.perf_counter() - start
     model.cpu().eval()
-    n = args.eval_n
+    n = opt["eval_n"]
     metrics = {
         "clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
-        "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=args.eval_eps, steps=args.eval_steps,
-                                               alpha=args.eval_alpha),
-        "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": args.eval_eps, "steps": args.eval_steps,
-                 "alpha": args.eval_alpha, "restarts": 1, "random_start": True, "split": "MNIST test, first n"},
+        "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=opt["eval_eps"], steps=opt["eval_steps"],
+                                               alpha=opt["eval_alpha"]),
+        "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": opt["eval_eps"],
+                 "steps": opt["eval_steps"], "alpha": opt["eval_alpha"], "restarts": 1, "random_start": True,
+                 "split": "MNIST test, first n"},
         "train_seconds": round(seconds, 1),
         "history": history,
         "human_examples": 0 if human is None else len(human[0]),
@@ -66,8 +120,35 @@ def cmd_train(args, settings):
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    if val:
+        metrics["validation"] = val
+    if opt["eval_aa_n"]:
+        attacks = [a for a in opt["eval_aa_attacks"].split(",") if a] or None
+        aa = evaluate.autoattack(model, xt[:opt["eval_aa_n"]], yt[:opt["eval_aa_n"]], opt["eval_eps"], "Linf", attacks)
+        metrics["autoattack"] = {"n": len(xt[:opt["eval_aa_n"]]), "eps": opt["eval_eps"], **aa,
+                                 "split": "MNIST test, first n"}
+    if opt["eval_drawings_n"]:
+        import tempfile
+
+        from . import drawings
+
+        with tempfile.TemporaryDirectory() as tmp:
+            drawings.make(tmp, opt["eval_drawings_n"], seed=opt["eval_drawings_seed"])
+            res = evaluate.drawings_accuracy(model, tmp)
+        metrics["drawings"] = {"per_family_n": opt["eval_drawings_n"], "seed": opt["eval_drawings_seed"],
+                               "acc": res["all"]["acc"], "n": res["all"]["n"],
+                               "by_family": {k: v["acc"] for k, v in res["by_family"].items()},
+                               "by_style": {k: v["acc"] for k, v in res["by_style"].items()}}
+    metrics["recipe"] = {"name": args.recipe, "train": asdict(cfg), **opt, "init": args.init, "human": args.human}
+    metrics["machine"] = machine(cfg.device)
+    metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
     checkpoint.save(model, args.out, {"net": cfg.net, "train": asdict(cfg)}, metrics)
-    print(json.dumps({k: metrics[k] for k in ("clean_acc", "robust_acc", "train_seconds")}))
+    summary = {k: metrics[k] for k in ("clean_acc", "robust_acc", "train_seconds")}
+    if "autoattack" in metrics:
+        summary["autoattack_acc"] = metrics["autoattack"]["robust_acc"]
+    if "drawings" in metrics:
+        summary["drawings_by_family"] = metrics["drawings"]["by_family"]
+    print(json.dumps(summary))
     print(f"saved {args.out}", file=sys.stderr)
 
 
@@ -79,6 +160,23 @@ def cmd_eval(args, settings):
     if args.n < 1 or args.steps < 1 or args.restarts < 1:
         raise ValueError("--n, --steps and --restarts must be >= 1")
     model, cfg, _ = checkpoint.load(args.checkpoint)
+    if args.drawings:  # canvases through the app's preprocessing, not MNIST
+        start = time.perf_counter()
+        res = evaluate.drawings_accuracy(model, args.drawings)
+        result = {"checkpoint": str(args.checkpoint), "net": cfg["net"], "drawings": str(args.drawings),
+                  "n": res["all"]["n"], "acc": res["all"]["acc"], "by_family": res["by_family"],
+                  "by_style": res["by_style"], "by_label": res["by_label"],
+                  "seconds": round(time.perf_counter() - start, 1)}
+        if args.json:
+            print(json.dumps(result))
+            return
+        print(f"{args.checkpoint} on {args.drawings}, through the app's preprocessing")
+        for group in ("by_family", "by_style"):
+            print(f"\n{group[3:]:<20}{'n':>7}{'accuracy':>10}")
+            for name, r in res[group].items():
+                print(f"{name:<20}{r['n']:>7}{r['acc']:>10.2%}")
+        print(f"\n{'all':<20}{res['all']['n']:>7}{res['all']['acc']:>10.2%}")
+        return
     x, y = data.load(settings.home, "test", log=lambda m: print(m, file=sys.stderr))
     x, y = x[:args.n], y[:args.n]
     result = {"checkpoint": str(args.checkpoint), "net": cfg["net"], "n": len(x), "attack": args.attack,
@@ -91,7 +189,10 @@ def cmd_eval(args, settings):
             model, x, y, args.eps, args.steps, alpha, args.restarts, args.norm,
             progress=None if args.json else lambda i, n: print(f"\r{i}/{n}", end="", file=sys.stderr))
     else:
-        result["robust_acc"] = evaluate.autoattack_accuracy(model, x, y, args.eps, "Linf" if args.norm == "linf" else "L2")
+        attacks = [a for a in args.aa_attacks.split(",") if a] if args.aa_attacks else None
+        aa = evaluate.autoattack(model, x, y, args.eps, "Linf" if args.norm == "linf" else "L2", attacks)
+        result.update(robust_acc=aa["robust_acc"], attacks=aa["attacks"], after=aa["after"],
+                      version="standard" if attacks is None else "custom")
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         print(json.dumps(result))
@@ -254,20 +355,33 @@ def parser():
 
     sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist").set_defaults(run=cmd_data)
 
+    from .training import RECIPES
+
     t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
+    # every default is None here: "not given", so that a --recipe's value applies (see _train_settings)
     for f in fields(TrainConfig):
         kind = f.type if f.type in (int, float, str, bool) else float  # `float | None` -> float
         if kind is bool:
-            t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+            t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default {f.default}")
         else:
-            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
+    t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.training.RECIPES); "
+                                                              "flags given on the command line win over it")
     t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")
     t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
-    t.add_argument("--eval-n", type=int, default=10000, help="test examples for the metrics written with it")
-    t.add_argument("--eval-eps", type=float, default=0.3)
-    t.add_argument("--eval-steps", type=int, default=40)
-    t.add_argument("--eval-alpha", type=float, default=0.01)
+    t.add_argument("--val-n", type=int, help="hold out MNIST train's last N (the gate's slice) and keep the epoch "
+                                             "with the best PGD-10 accuracy on it (default 0: off)")
+    t.add_argument("--val-robust-n", type=int, help="examples of that slice attacked each epoch (default 1000)")
+    t.add_argument("--eval-n", type=int, help="test examples for the metrics written with it (default 10000)")
+    t.add_argument("--eval-eps", type=float, help="default 0.3")
+    t.add_argument("--eval-steps", type=int, help="default 40")
+    t.add_argument("--eval-alpha", type=float, help="default 0.01")
+    t.add_argument("--eval-aa-n", type=int, help="AutoAttack on the first N test examples (default 0: off)")
+    t.add_argument("--eval-aa-attacks", help="AutoAttack's attacks (default apgd-ce,apgd-t; empty: standard)")
+    t.add_argument("--eval-drawings-n", type=int, help="measure N generated drawings per family (default 0: off)")
+    t.add_argument("--eval-drawings-seed", type=int, help="their seed (default 4242; training never draws it)")
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("eval", help="clean and robust accuracy of a checkpoint on the MNIST test set")
@@ -279,6 +393,10 @@ def parser():
     e.add_argument("--steps", type=int, default=40)
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     e.add_argument("--restarts", type=int, default=1)
+    e.add_argument("--aa-attacks", help="AutoAttack's attacks, e.g. apgd-ce,apgd-t (default: the standard "
+                                        "version: apgd-ce,apgd-t,fab-t,square)")
+    e.add_argument("--drawings", help="instead of MNIST: a folder of canvases with labels.csv (file,label"
+                                      "[,family,style]), read through the app's preprocessing")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(run=cmd_eval)
 

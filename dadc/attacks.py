@@ -80,3 +80,21 @@ def pgd(model, x, y, eps, alpha, steps, norm="linf", restarts=1, random_start=Tr
 def fgsm(model, x, y, eps, alpha=None):
     """FGSM with random start (Wong et al. 2020): one signed step of alpha (default 1.25 eps)."""
     return pgd(model, x, y, eps, 1.25 * eps if alpha is None else alpha, steps=1, norm="linf")
+
+
+def trades_attack(model, x, eps, alpha, steps):
+    """TRADES' inner maximisation (Zhang et al. 2019): x' in the Linf eps ball (and [0,1]) maximising
+    KL(f(x) || f(x')), from x plus a tiny Gaussian start, in eval mode. Needs no labels."""
+    if eps < 0 or alpha < 0 or steps < 0:
+        raise ValueError(f"bad attack settings: eps={eps} alpha={alpha} steps={steps}")
+    with eval_mode(model):
+        with torch.no_grad():
+            p_clean = F.softmax(model(x).float(), dim=1)
+        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp_(0, 1)
+        return x_adv.detach()

@@ -37,7 +37,16 @@ def robust_accuracy(model, x, y, eps, steps, alpha=None, restarts=1, norm="linf"
 def autoattack_accuracy(model, x, y, eps, norm="Linf", version="standard", batch_size=500) -> float:
     """Robust accuracy under AutoAttack (Croce & Hein 2020), from the independent pyautoattack package.
     Its per-attack robust accuracy (and its warnings, e.g. of gradient masking) go to stderr."""
+    return autoattack(model, x, y, eps, norm, None if version == "standard" else version, batch_size)["robust_acc"]
+
+
+def autoattack(model, x, y, eps, norm="Linf", attacks=None, batch_size=500, seed=0) -> dict:
+    """AutoAttack from the independent pyautoattack package: the standard version (APGD-CE, APGD-T,
+    FAB-T, Square) when attacks is None, else those attacks (e.g. ["apgd-ce", "apgd-t"], with the
+    standard version's settings for each). Returns {"robust_acc", "attacks", "after"}: "after" is the
+    robust accuracy after each attack in turn, as AutoAttack logs it (also to stderr)."""
     import logging
+    import re
     import sys
 
     try:
@@ -46,8 +55,43 @@ def autoattack_accuracy(model, x, y, eps, norm="Linf", version="standard", batch
         raise RuntimeError("AutoAttack needs `pip install pyautoattack`") from None
     logger = logging.getLogger("auto-attack")
     logger.setLevel(logging.DEBUG)
-    if not logger.handlers:
-        logger.addHandler(logging.StreamHandler(sys.stderr))
-    adversary = AutoAttack(model.eval(), norm=norm, eps=eps, version=version, device=x.device, seed=0)
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return accuracy(model, x_adv, y)
+    if not any(getattr(h, "dadc_stderr", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.dadc_stderr = True
+        logger.addHandler(h)
+    after = {}
+
+    class Steps(logging.Handler):
+        def emit(self, record):
+            m = re.match(r"robust accuracy after (\S+): ([\d.]+)%", record.getMessage())
+            if m:
+                after[m.group(1).lower()] = float(m.group(2)) / 100
+
+    steps = Steps()
+    logger.addHandler(steps)
+    try:
+        if attacks is None:
+            adversary = AutoAttack(model.eval(), norm=norm, eps=eps, version="standard", device=x.device, seed=seed)
+        else:
+            adversary = AutoAttack(model.eval(), norm=norm, eps=eps, version="custom", attacks=list(attacks),
+                                   device=x.device, seed=seed)
+            # the standard version's settings for APGD-CE and APGD-T (custom keeps the class defaults)
+            adversary.apgd.n_restarts = 1
+            adversary.apgd_targeted.n_restarts = 1
+            adversary.apgd_targeted.n_target_classes = 9
+            adversary.fab.n_restarts = 1
+            adversary.fab.n_target_classes = 9
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        logger.removeHandler(steps)
+    return {"robust_acc": accuracy(model, x_adv, y), "attacks": list(adversary.attacks_to_run), "after": after}
+
+
+def drawings_accuracy(model, folder) -> dict:
+    """Accuracy on a folder of canvases with labels.csv (file,label[,family,style], as dadc.drawings.make
+    writes), each read through the app's own preprocessing (preprocess.to_mnist, as /predict reads a
+    canvas): {"all": {"n", "acc"}, "by_family", "by_style", "by_label"} (see drawings.accuracy_by_family)."""
+    from . import drawings
+
+    model.eval()
+    return drawings.accuracy_by_family(drawings.predictor(model), folder)

@@ -101,3 +101,33 @@ def test_autoattack_is_at_least_as_strong_as_pgd(trained):
     ours = robust_accuracy(model, x, y, eps=0.1, steps=20)
     aa = autoattack_accuracy(model, x, y, eps=0.1)
     assert 0 <= aa <= ours + 0.05, (aa, ours)
+
+
+def test_trades_attack_stays_in_the_eps_ball_and_raises_the_kl(trained):
+    import torch.nn.functional as F
+
+    from dadc.attacks import trades_attack
+
+    model, x, y = trained
+    x_adv = trades_attack(model, x, eps=0.1, alpha=0.02, steps=10)
+    assert (x_adv - x).abs().max().item() <= 0.1 + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+    with torch.no_grad():
+        p = F.softmax(model(x), 1)
+        kl = lambda z: F.kl_div(F.log_softmax(model(z), 1), p, reduction="sum").item()  # noqa: E731
+        assert kl(x_adv) > 10 * kl((x + 0.001 * torch.randn_like(x)).clamp(0, 1))
+
+
+def test_autoattack_reports_the_attacks_it_ran(trained, monkeypatch):
+    pyautoattack = pytest.importorskip("pyautoattack")
+    from dadc.evaluate import autoattack
+
+    class Short(pyautoattack.AutoAttack):  # 5 iterations instead of 100: this checks the plumbing only
+        def run_standard_evaluation(self, *args, **kwargs):
+            for a in (self.apgd, self.apgd_targeted):
+                a.n_iter, a.n_iter_2, a.n_iter_min, a.size_decr = 5, 1, 1, 1
+            return super().run_standard_evaluation(*args, **kwargs)
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Short)
+    model, x, y = trained
+    res = autoattack(model, x[:10], y[:10], eps=0.1, attacks=["apgd-ce", "apgd-t"])
+    assert res["attacks"] == ["apgd-ce", "apgd-t"]
+    assert set(res["after"]) <= {"apgd-ce", "apgd-t"} and 0 <= res["robust_acc"] <= 1

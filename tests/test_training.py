@@ -88,7 +88,10 @@ def test_mix_human_shapes_and_bad_sets():
 
 
 @pytest.mark.parametrize("bad", [dict(fraction=1.5), dict(fraction=-0.1), dict(eps=-0.1), dict(attack="cw"),
-                                 dict(epochs=0), dict(human_repeat=0)])
+                                 dict(epochs=0), dict(human_repeat=0), dict(loss="mart"),
+                                 dict(loss="trades", attack="fgsm"), dict(ema=1.0), dict(ema=-0.1),
+                                 dict(augment=1.5), dict(augment=0.5, augment_n=0), dict(steps_late=-1),
+                                 dict(late=2.0)])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad).check()
@@ -107,3 +110,115 @@ def test_callback_reports_progress():
     train(fresh(), x, y, TrainConfig(epochs=60, attack="none", batch_size=100), progress=False,
           callback=lambda done, total, metrics: seen.append((done, total)))
     assert seen[0] == (50, 120) and seen[-1] == (120, 120)
+
+
+# --- issue 14: options for a stronger round-000, each off by default ----------------------------------
+
+def test_new_options_are_off_by_default():
+    cfg = TrainConfig()
+    assert (cfg.loss, cfg.ema, cfg.augment, cfg.steps_late) == ("ce", 0.0, 0.0, 0)
+
+
+def test_trades_trains_and_monitors_clean_and_adversarial():
+    x, y = digits(300)
+    ce, trades = fresh(), fresh()
+    train(ce, x, y, TrainConfig(epochs=1, steps=2, eps=0.15), progress=False)
+    history = train(trades, x, y, TrainConfig(epochs=1, steps=2, eps=0.15, loss="trades", beta=6.0, fraction=0.5),
+                    progress=False)
+    assert {"clean_loss", "clean_err", "adv_loss", "adv_err"} <= set(history[0])
+    assert not torch.equal(weights(ce), weights(trades))
+
+
+def test_ema_returns_the_averaged_weights():
+    from dadc.training import _ema_update
+
+    model = torch.nn.Linear(2, 1)
+    ema = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    _ema_update(ema, model, 0.9, step=1000)
+    assert torch.allclose(ema["weight"], 0.1 * model.weight.detach())
+    x, y = digits(300)
+    plain, averaged = fresh(), fresh()
+    train(plain, x, y, TrainConfig(epochs=1, attack="none", lr=1e-2), progress=False)
+    train(averaged, x, y, TrainConfig(epochs=1, attack="none", lr=1e-2, ema=0.5), progress=False)
+    assert not torch.equal(weights(plain), weights(averaged))  # same updates, but the average is returned
+    assert accuracy(averaged, x, y) > 0.8
+
+
+def test_steps_late_uses_more_pgd_steps_at_the_end(monkeypatch):
+    import dadc.training as training
+
+    seen = []
+    real = training.pgd
+    monkeypatch.setattr(training, "pgd", lambda net, x, y, eps, alpha, steps: seen.append((steps, alpha)) or
+                        real(net, x, y, eps, alpha, steps))
+    x, y = digits(400)
+    train(fresh(), x, y, TrainConfig(epochs=1, steps=2, steps_late=5, late=0.5, eps=0.2), progress=False)
+    assert [s for s, _ in seen] == [2, 2, 5, 5]
+    assert seen[-1][1] == pytest.approx(2.5 * 0.2 / 5)
+
+
+def test_validation_keeps_the_best_epoch():
+    x, y = digits(200)
+    scores, snapshots = iter([0.9, 0.5, 0.7]), []
+
+    def validate(model):
+        snapshots.append(weights(model).clone())
+        return {"score": next(scores)}
+    model = fresh()
+    history = train(model, x, y, TrainConfig(epochs=3, attack="none"), validate=validate, progress=False)
+    assert [h.get("selected", False) for h in history] == [True, False, False]
+    assert [h["val"]["score"] for h in history] == [0.9, 0.5, 0.7]
+    assert torch.equal(weights(model), snapshots[0]) and not torch.equal(snapshots[0], snapshots[2])
+
+
+def test_augment_pool_and_training_with_it():
+    import numpy as np
+
+    from dadc import augment
+
+    x, y = digits(40)
+    canvas = augment.to_canvas(x[0, 0].numpy(), np.random.default_rng(0))
+    assert canvas.size == (448, 448) and canvas.mode == "L" and canvas.getextrema() == (0, 255)
+    px, py = augment.pool(x, y, 12, drawings_per_family=1, seed=3)
+    assert px.shape[1:] == (1, 28, 28) and 12 + 7 - 3 <= len(px) == len(py) <= 19
+    assert 0 <= px.min() and px.max() <= 1 and px.flatten(1).amax(1).min() == 1  # full-strength ink, as MNIST
+    assert py[-7:].tolist() == [0] * 7  # drawing i of each family is digit i % 10
+    again = augment.pool(x, y, 12, drawings_per_family=1, seed=3)
+    assert torch.equal(px, again[0])
+    history = train(fresh(), x, y, TrainConfig(epochs=1, attack="none", augment=0.5, augment_n=10, batch_size=20),
+                    progress=False)
+    assert history[0]["clean_err"] >= 0
+
+
+def test_recipe_flags_win_and_no_recipe_is_todays_recipe():
+    from dataclasses import asdict
+
+    from dadc.__main__ import TRAIN_OPTIONS, _train_settings, parser
+
+    cfg, opt = _train_settings(parser().parse_args(["train", "--out", "x"]))
+    assert asdict(cfg) == asdict(TrainConfig()) and opt == TRAIN_OPTIONS
+    cfg, opt = _train_settings(parser().parse_args(["train", "--recipe", "round0", "--epochs", "2", "--no-amp",
+                                                    "--eval-aa-n", "0", "--out", "x"]))
+    assert (cfg.loss, cfg.ema, cfg.epochs, cfg.amp, cfg.steps_late) == ("trades", 0.999, 2.0, False, 20)
+    assert (opt["val_n"], opt["eval_aa_n"], opt["eval_drawings_n"]) == (10000, 0, 200)
+
+
+def test_train_recipe_writes_the_issue_14_metrics(tmp_path):
+    import json
+
+    from test_cli import dadc
+    from test_rounds import mnist_into
+
+    home = mnist_into(tmp_path / "home")
+    out = tmp_path / "r0"
+    r = dadc("train", "--recipe", "round0", "--epochs", 0.002, "--steps", 1, "--steps-late", 2, "--augment-n", 10,
+             "--augment-drawings", 0, "--val-n", 100, "--val-robust-n", 20, "--eval-n", 50, "--eval-steps", 1,
+             "--eval-aa-n", 5, "--eval-drawings-n", 1, "--out", out, home=home)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["autoattack"]["attacks"] == ["apgd-ce", "apgd-t"] and m["autoattack"]["n"] == 5
+    assert set(m["drawings"]["by_family"]) == set(__import__("dadc.drawings").drawings.FAMILIES)
+    assert m["recipe"]["name"] == "round0" and m["recipe"]["train"]["loss"] == "trades"
+    assert m["recipe"]["train"]["steps"] == 1 and m["recipe"]["val_n"] == 100
+    assert m["history"][0]["selected"] and "robust_acc" in m["history"][0]["val"]
+    assert {"cpu", "gpu", "threads"} <= set(m["machine"]) and m["wall_seconds"] > 0
