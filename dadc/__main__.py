@@ -4,6 +4,7 @@ Every command is a function cmd_NAME(args, settings), registered in parser() wit
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -49,14 +50,64 @@ def machine(device="cpu"):
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpus": __import__("os").cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(),
             "torch": torch.__version__}
+
+
+def _hold_out(x, y, cfg, opt):
+    """(train x, y, what was held out, validate(model) -> scores) for --val-n: MNIST train's last
+    val_n (the gate's slice) is not trained on and selects the epoch. (x, y, None, None) without it."""
+    from . import evaluate
+
+    n, rn = opt["val_n"], opt["val_robust_n"]
+    if not n:
+        return x, y, None, None
+    x, y, xv, yv = x[:-n], y[:-n], x[-n:], y[-n:]
+    val = {"n": len(xv), "robust_n": len(xv[:rn]), "attack": f"PGD-10, eps {cfg.eps}, step 2.5*eps/10",
+           "split": f"MNIST train, last {len(xv)} (not trained on)", "score": "robust accuracy"}
+
+    def validate(model):
+        model = model.cpu() if cfg.device != "cpu" else model
+        clean = evaluate.accuracy(model, xv, yv)
+        robust = evaluate.robust_accuracy(model, xv[:rn], yv[:rn], cfg.eps, 10)
+        model.to(cfg.device)
+        return {"clean_acc": clean, "robust_acc": robust, "score": robust}
+    return x, y, val, validate
+
+
+def _test_metrics(model, xt, yt, opt):
+    """What a trained checkpoint's metrics.json reports, never selected on: clean and PGD accuracy
+    on MNIST test, and (when asked) AutoAttack and accuracy per family of generated drawings."""
+    import tempfile
+
+    from . import drawings, evaluate
+
+    n, eps = opt["eval_n"], opt["eval_eps"]
+    out = {"clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
+           "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=eps, steps=opt["eval_steps"],
+                                                  alpha=opt["eval_alpha"]),
+           "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": eps, "steps": opt["eval_steps"],
+                    "alpha": opt["eval_alpha"], "restarts": 1, "random_start": True, "split": "MNIST test, first n"}}
+    if opt["eval_aa_n"]:
+        n = opt["eval_aa_n"]
+        attacks = [a for a in opt["eval_aa_attacks"].split(",") if a] or None
+        aa = evaluate.autoattack(model, xt[:n], yt[:n], eps, "Linf", attacks)
+        out["autoattack"] = {"n": len(xt[:n]), "eps": eps, **aa, "split": "MNIST test, first n"}
+    if opt["eval_drawings_n"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            drawings.make(tmp, opt["eval_drawings_n"], seed=opt["eval_drawings_seed"])
+            res = evaluate.drawings_accuracy(model, tmp)
+        out["drawings"] = {"per_family_n": opt["eval_drawings_n"], "seed": opt["eval_drawings_seed"],
+                           "acc": res["all"]["acc"], "n": res["all"]["n"],
+                           "by_family": {k: v["acc"] for k, v in res["by_family"].items()},
+                           "by_style": {k: v["acc"] for k, v in res["by_style"].items()}}
+    return out
 
 
 def cmd_train(args, settings):
     import torch
 
-    from . import checkpoint, data, evaluate, nets
+    from . import checkpoint, data, nets
     from .training import train
 
     wall = time.perf_counter()
@@ -70,23 +121,7 @@ def cmd_train(args, settings):
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available")
     arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
-    x, y = data.tensors(arrays, "train")
-    xt, yt = data.tensors(arrays, "test")
-    val = None
-    if not opt["val_n"]:
-        validate = None
-    else:  # the last val_n of MNIST train (the gate's slice): held out, selects the epoch
-        x, y, xv, yv = x[:-opt["val_n"]], y[:-opt["val_n"]], x[-opt["val_n"]:], y[-opt["val_n"]:]
-        rn = opt["val_robust_n"]
-        val = {"n": len(xv), "robust_n": len(xv[:rn]), "attack": f"PGD-10, eps {cfg.eps}, step 2.5*eps/10",
-               "split": f"MNIST train, last {len(xv)} (not trained on)", "score": "robust accuracy"}
-
-        def validate(model):
-            model = model.cpu() if cfg.device != "cpu" else model
-            clean = evaluate.accuracy(model, xv, yv)
-            robust = evaluate.robust_accuracy(model, xv[:rn], yv[:rn], cfg.eps, 10)
-            model.to(cfg.device)
-            return {"clean_acc": clean, "robust_acc": robust, "score": robust}
+    x, y, val, validate = _hold_out(*data.tensors(arrays, "train"), cfg, opt)
     human = None
     if args.human:
         from .store import human_tensors
@@ -104,41 +139,13 @@ def cmd_train(args, settings):
     start = time.perf_counter()
     history = train(model, x, y, cfg, human=human, validate=validate)
     seconds = time.perf_counter() - start
-    model.cpu().eval()
-    n = opt["eval_n"]
-    metrics = {
-        "clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
-        "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=opt["eval_eps"], steps=opt["eval_steps"],
-                                               alpha=opt["eval_alpha"]),
-        "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": opt["eval_eps"],
-                 "steps": opt["eval_steps"], "alpha": opt["eval_alpha"], "restarts": 1, "random_start": True,
-                 "split": "MNIST test, first n"},
-        "train_seconds": round(seconds, 1),
-        "history": history,
-        "human_examples": 0 if human is None else len(human[0]),
-        "command": "python -m dadc " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    metrics = _test_metrics(model.cpu().eval(), *data.tensors(arrays, "test"), opt)
+    metrics.update({"train_seconds": round(seconds, 1), "history": history,
+                    "human_examples": 0 if human is None else len(human[0]),
+                    "command": "python -m dadc " + " ".join(sys.argv[1:]),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()})
     if val:
         metrics["validation"] = val
-    if opt["eval_aa_n"]:
-        attacks = [a for a in opt["eval_aa_attacks"].split(",") if a] or None
-        aa = evaluate.autoattack(model, xt[:opt["eval_aa_n"]], yt[:opt["eval_aa_n"]], opt["eval_eps"], "Linf", attacks)
-        metrics["autoattack"] = {"n": len(xt[:opt["eval_aa_n"]]), "eps": opt["eval_eps"], **aa,
-                                 "split": "MNIST test, first n"}
-    if opt["eval_drawings_n"]:
-        import tempfile
-
-        from . import drawings
-
-        with tempfile.TemporaryDirectory() as tmp:
-            drawings.make(tmp, opt["eval_drawings_n"], seed=opt["eval_drawings_seed"])
-            res = evaluate.drawings_accuracy(model, tmp)
-        metrics["drawings"] = {"per_family_n": opt["eval_drawings_n"], "seed": opt["eval_drawings_seed"],
-                               "acc": res["all"]["acc"], "n": res["all"]["n"],
-                               "by_family": {k: v["acc"] for k, v in res["by_family"].items()},
-                               "by_style": {k: v["acc"] for k, v in res["by_style"].items()}}
     metrics["recipe"] = {"name": args.recipe, "train": asdict(cfg), **opt, "init": args.init, "human": args.human}
     metrics["machine"] = machine(cfg.device)
     metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
