@@ -147,6 +147,41 @@ def test_a_commit_whose_record_was_lost_is_not_pushed_twice(tmp_path, fake_hub, 
     assert sorted(r["id"] for r in fake_hub.shard_rows(DATASET)) == sorted(ids)
 
 
+def test_many_small_pushes_are_merged_into_few_shards_and_lose_nothing(tmp_path, fake_hub, monkeypatch):
+    """A Space pushing every few seconds for months: the shards are merged as they pile up (MERGE of
+    one size class into one), so 100 pushes leave a handful, with every row once, in order; a merge
+    whose record was lost is redone without a duplicate; a fresh home restores it all."""
+    from dadc import hub_push
+
+    monkeypatch.setattr(hub_push, "MERGE", 3)
+    store = FlagStore(tmp_path / "a")
+    sync = sync_for(store)
+    ids, votes = [], 0
+    for k in range(100):  # 100 pushes of one flag (every 7th with a vote)
+        ids.append(flag(store, k))
+        if k % 7 == 0:
+            store.validate(ids[k // 2], f"voter{k}", True)
+            votes += 1
+        if k == 60:
+            with monkeypatch.context() as m:  # the process dies between a commit and its record
+                m.setattr(store.hub, "record_pushed", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+                with pytest.raises(Exception):
+                    push(sync)
+        assert push(sync) is not None
+        rows = [r["id"] for r in fake_hub.shard_rows(DATASET)]
+        assert rows == ids  # every row exactly once, in order, after every push
+    data_shards, vote_shards = shards(fake_hub, "data/"), shards(fake_hub, "votes/")
+    assert len(data_shards) <= 2 * 5 and len(vote_shards) <= 2 * 3  # (MERGE - 1) per size class at most
+    assert len(fake_hub.shard_rows(DATASET, "votes")) == votes
+    firsts = [int(Path(p).stem) for p in data_shards]  # each shard named by its first row
+    assert firsts[0] == 0 and firsts == sorted(firsts)
+    assert push(sync) is None  # nothing new
+    fresh = FlagStore(tmp_path / "b")
+    assert HubSync(fresh, DATASET, TOKEN).restore()["examples"] == 100
+    assert [e.id for e in fresh.examples()] == ids
+    assert sum(e.agree for e in fresh.examples()) == votes
+
+
 def test_restore_from_shards_into_an_empty_home(tmp_path, fake_hub):
     a, b = FlagStore(tmp_path / "a"), FlagStore(tmp_path / "b")
     ids = [flag(a, k, canvas=k % 2 == 0) for k in range(6)] + [flag(b, 10)]
