@@ -35,10 +35,16 @@ def _random_start(x, eps, norm):
 
 def _pgd_once(model, x, y, eps, alpha, steps, norm, random_start):
     delta = _random_start(x, eps, norm) if random_start else torch.zeros_like(x)
+    return _ascend(model, x, lambda logits: F.cross_entropy(logits, y, reduction="sum"), delta, eps, alpha, steps,
+                   norm)
+
+
+def _ascend(model, x, loss_of, delta, eps, alpha, steps, norm):
+    """`steps` projected gradient steps from delta maximising loss_of(model(x + delta)), keeping
+    ||delta||_norm <= eps and x + delta in [0, 1]."""
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
+        (grad,) = torch.autograd.grad(loss_of(model(x + delta)), delta)
         with torch.no_grad():
             if norm == "linf":
                 delta = (delta + alpha * grad.sign()).clamp_(-eps, eps)
@@ -90,11 +96,8 @@ def trades_attack(model, x, eps, alpha, steps):
     with eval_mode(model):
         with torch.no_grad():
             p_clean = F.softmax(model(x).float(), dim=1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp_(0, 1)
-        return x_adv.detach()
+        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) - x
+
+        def kl(logits):
+            return F.kl_div(F.log_softmax(logits.float(), dim=1), p_clean, reduction="sum")
+        return (x + _ascend(model, x, kl, start, eps, alpha, steps, "linf")).detach()

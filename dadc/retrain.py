@@ -1,5 +1,5 @@
 """RetrainJob: the background retraining round. Once `threshold` new eligible examples have come
-in, one thread fine-tunes round-000 (INIT) on an MNIST sample plus the human examples with PGD
+in, one thread fine-tunes round-000 on an MNIST sample plus the human examples with PGD
 adversarial training, gates it (gate.py: MNIST floors fixed by round-000 on a validation slice,
 human hold-out no worse than the serving round), and, if it passes, saves it as the next round
 (Registry.promote) and swaps it into the Predictor. Every attempt, passed or not, is recorded in
@@ -25,11 +25,6 @@ from .gate import REFERENCE, cached_reference, gate, matrix_row, measure, refere
 
 TRAIN_LOCK = ".train.lock"  # under DADC_HOME/rounds: held by whoever trains a round on this home
 BUSY_RETRY_S = 30.0         # a background round that found the lock held tries again this much later
-# Every round fine-tunes round-000 (the gate's reference) on MNIST plus the human examples so far (new
-# ones first, then a replay sample, at most human_max), as DADC rounds train on all data collected:
-# fine-tuning the serving round instead compounds each round's small loss of MNIST clean and PGD
-# accuracy (measured with simulate: test clean 99.23% -> 99.00% after four promoted rounds).
-INIT = REFERENCE
 
 
 class Stopped(Exception):
@@ -225,10 +220,13 @@ class RetrainJob:
         x, y, human, sets, counts, hold_rows = self._data(attempt)
         base = self.predictor.round  # the serving round: the candidate must do as well on the human hold-out
         model, net_config, _ = self.registry.load(base)
-        init = INIT or base
         self._stage("training")
-        candidate, train_cfg = self._train(self.registry.load(init)[0] if init != base else model,
-                                           net_config["net"], init, x, y, human, attempt)
+        # Every round fine-tunes round-000 (the gate's reference) on MNIST plus the human examples so
+        # far (new ones first, then a replay sample, at most human_max), as DADC rounds train on all
+        # data collected: fine-tuning the serving round compounds each round's small loss of clean
+        # and PGD accuracy (simulate: MNIST test clean 99.23% -> 99.00% after four promoted rounds).
+        candidate, train_cfg = self._train(self.registry.load(REFERENCE)[0], net_config["net"], REFERENCE,
+                                           x, y, human, attempt)
         reference = cached_reference(self.registry.history(), self.cfg)
         if reference is None:  # once per home (and settings): the floors' fixed reference
             self._stage(f"gate: measuring {REFERENCE} on the validation slice (once)")
