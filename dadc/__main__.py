@@ -77,10 +77,14 @@ def _hold_out(x, y, cfg, opt):
 
 def _test_metrics(model, xt, yt, opt):
     """What a trained checkpoint's metrics.json reports, never selected on: clean and PGD accuracy
-    on MNIST test, and (when asked) AutoAttack and accuracy per family of generated drawings."""
+    on MNIST test, and (when asked) AutoAttack, accuracy on MNIST test digits drawn large on the canvas
+    and per family of generated drawings."""
     import tempfile
 
-    from . import drawings, evaluate
+    import numpy as np
+    import torch
+
+    from . import augment, drawings, evaluate, preprocess
 
     n, eps = opt["eval_n"], opt["eval_eps"]
     out = {"clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
@@ -94,6 +98,10 @@ def _test_metrics(model, xt, yt, opt):
         aa = evaluate.autoattack(model, xt[:n], yt[:n], eps, "Linf", attacks)
         out["autoattack"] = {"n": len(xt[:n]), "eps": eps, **aa, "split": "MNIST test, first n"}
     if opt["eval_drawings_n"]:
+        m = opt["eval_n"]
+        canvases = torch.from_numpy(np.stack([preprocess.to_mnist(augment.large(v[0].numpy())) for v in xt[:m]]))
+        out["mnist_canvas"] = {"n": len(canvases), "acc": evaluate.accuracy(model, canvases[:, None], yt[:m]),
+                               "what": "MNIST test, first n, each drawn 14x large on the canvas (augment.large)"}
         with tempfile.TemporaryDirectory() as tmp:
             drawings.make(tmp, opt["eval_drawings_n"], seed=opt["eval_drawings_seed"])
             res = evaluate.drawings_accuracy(model, tmp)
@@ -154,6 +162,7 @@ def cmd_train(args, settings):
     if "autoattack" in metrics:
         summary["autoattack_acc"] = metrics["autoattack"]["robust_acc"]
     if "drawings" in metrics:
+        summary["mnist_canvas_acc"] = metrics["mnist_canvas"]["acc"]
         summary["drawings_by_family"] = metrics["drawings"]["by_family"]
     print(json.dumps(summary))
     print(f"saved {args.out}", file=sys.stderr)

@@ -11,7 +11,7 @@ is preprocess.to_mnist's reading of it. to_canvas() makes such a canvas from an 
   -> one affine onto the canvas: scale (the digit 45-420 px tall), rotation, shear, position
   -> black ink on white, as the Sketchpad's composite
 
-pool() renders n of them once (and, optionally, dadc.drawings' mouse-drawn digits) into a tensor
+pool() renders n of them once (and, optionally, dadc.drawings' mouse-drawn and font digits) into a tensor
 pool that training.train samples a fraction of each batch from: about 10 ms an image on one core
 (measured on the shared 2-core development CPU), paid once before training, nothing per batch. Pure numpy and PIL (no scipy), as the app's runtime.
 """
@@ -51,18 +51,37 @@ def to_canvas(x28, rng, size=SIZE):
         src = src.filter(ImageFilter.MaxFilter(int(rng.choice([3, 5]))))
     # MNIST's digit is 20 of its 28 px tall: 80 px at 112
     height = math.exp(rng.uniform(math.log(45), math.log(420)))
-    s = height / 80
-    angle, shear = math.radians(rng.uniform(-15, 15)), rng.uniform(-0.3, 0.3)
-    c, si = math.cos(angle), math.sin(angle)
-    fwd = s * np.array([[c, -si], [si, c]]) @ np.array([[1, shear], [0, 1]])
-    half = 0.5 * height + 4
-    lo, hi = min(half, size / 2), max(size - half, size / 2)
-    centre = rng.uniform(lo, hi, 2)
+    return stamp(src, 80, height, rng.uniform(-15, 15), rng.uniform(-0.3, 0.3), rng, size)
+
+
+def large(x28, size=SIZE):
+    """An MNIST digit drawn large on the canvas, as a visitor copying it would: its 28x28 image 14x
+    up (bicubic, 392 px, the digit ~280 px tall), centred, black ink on white ('L')."""
+    up = Image.fromarray((np.clip(np.asarray(x28, dtype=np.float32), 0, 1) * 255).astype(np.uint8), mode="L")
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(up.resize((392, 392), Image.BICUBIC), ((size - 392) // 2, (size - 392) // 2))
+    return ImageOps.invert(canvas)
+
+
+def stamp(src, box_height, height, angle, shear, rng, size=SIZE):
+    """src ('L', white ink on black, its ink `box_height` px tall) scaled to `height` px, slanted by
+    `shear`, rotated by `angle` degrees, at a random place on a size x size canvas where all of its ink
+    fits (smaller if it would not fit at all): black ink on white ('L')."""
+    a = math.radians(angle)
+    c, si = math.cos(a), math.sin(a)
+    fwd = height / box_height * np.array([[c, -si], [si, c]]) @ np.array([[1, shear], [0, 1]])
+    left, top, right, bottom = src.getbbox() or (0, 0, *src.size)
+    corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]]) - np.array(src.size) / 2
+    ink = corners @ fwd.T  # where the ink's corners land, around the centre
+    lo, hi = ink.min(0), ink.max(0)
+    fit = min(1.0, (size - 8) / max((hi - lo).max(), 1e-6))
+    fwd, lo, hi = fwd * fit, lo * fit, hi * fit
+    centre = rng.uniform(4 - lo, np.maximum(size - 4 - hi, 4 - lo))
     inv = np.linalg.inv(fwd)
-    off = np.array([56.0, 56.0]) - inv @ centre
-    ink = src.transform((size, size), Image.AFFINE, (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
+    off = np.array(src.size) / 2 - inv @ centre
+    out = src.transform((size, size), Image.AFFINE, (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
                         resample=Image.BILINEAR, fillcolor=0)
-    return ImageOps.invert(ink)
+    return ImageOps.invert(out)
 
 
 def pool(x, y, n, drawings_per_family=0, seed=0):
@@ -79,12 +98,15 @@ def pool(x, y, n, drawings_per_family=0, seed=0):
             continue
         ys.append(int(y[i]))
     if drawings_per_family:
-        from . import drawings
+        from . import drawings, fonts
 
         for f, family in enumerate(drawings.FAMILIES):
             for i in range(drawings_per_family):
                 # its own streams: never the drawings that drawings.make(dir, n, seed) writes for evaluation
-                canvas, _ = drawings.draw(i % 10, np.random.default_rng([seed, 14, f, i]), family)
+                r = np.random.default_rng([seed, 14, f, i])
+                # font digits only in the fonts every machine has (never the held-out ones evaluation uses)
+                style = str(r.choice(fonts.training())) if family == "font" else None
+                canvas, _ = drawings.draw(i % 10, r, family, style)
                 try:
                     xs.append(preprocess.to_mnist(canvas))
                 except preprocess.CanvasError:

@@ -25,6 +25,7 @@ Families (the pose and brush; every family draws every style of every digit):
   tilted           as mouse, tilted 10-22 deg either way (and slanted as mouse: up to 30 deg in all)
   offcentre_small  small (45-140 px) and anywhere on the canvas, corners included
   large            nearly the whole canvas (370-435 px tall)
+  font             not drawn: a digit typed in a font the training never saw (dadc.fonts), style = the font
 
 make(out_dir, n, seed) writes PNG canvases and labels.csv (file,label,family,style), the format that
 dadc.simulate.read_drawings and accuracy_by_family read. Drawing i of a family depends only on
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import preprocess
+from . import fonts, preprocess
 
 SIZE = 448      # the app's canvas (dadc.ui.CANVAS)
 SUPER = 4       # strokes are drawn at 4x and box-reduced: anti-aliased edges, as a browser canvas has
@@ -231,6 +232,7 @@ FAMILIES = {
     "offcentre_small": dict(brush=(6, 20), height=(45, 140), tilt=(0, 10), shear=0.15, tremor=1.0,
                             where="anywhere"),
     "large": dict(brush=(12, 36), height=(370, 435), tilt=(0, 6), shear=0.1, tremor=1.0, where="centre"),
+    "font": {},  # not strokes: a font's digit (dadc.fonts), its style the font's name
 }
 
 
@@ -311,6 +313,8 @@ def render(strokes, brush, size=SIZE):
 
 def draw(digit, rng, family="mouse", style=None):
     """(canvas, style): one drawing of `digit` in `family`'s pose and brush; style at random if None."""
+    if family == "font":
+        return fonts.draw(digit, rng, style)
     fam = FAMILIES[family]
     style = style or str(rng.choice(sorted(STYLES[digit])))
     strokes = _pose(STYLES[digit][style](rng), rng, fam)

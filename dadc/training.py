@@ -95,7 +95,7 @@ RECIPES = {
     # metrics the issue asks for. Sized for a GPU: on the 2 shared development CPU cores an epoch of
     # it takes minutes (see benchmarks/bench_train_throughput.py).
     "round0": dict(net="fast", epochs=20, loss="trades", beta=6.0, steps=10, steps_late=20, late=0.25,
-                   eps=0.3, eps_ramp=0.15, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=200,
+                   eps=0.3, eps_ramp=0.15, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=400,
                    val_n=10000, eval_n=10000, eval_aa_n=1000, eval_drawings_n=200),
 }
 

@@ -174,20 +174,38 @@ def test_validation_keeps_the_best_epoch():
 def test_augment_pool_and_training_with_it():
     import numpy as np
 
-    from dadc import augment
+    from dadc import augment, drawings
 
     x, y = digits(40)
     canvas = augment.to_canvas(x[0, 0].numpy(), np.random.default_rng(0))
     assert canvas.size == (448, 448) and canvas.mode == "L" and canvas.getextrema() == (0, 255)
     px, py = augment.pool(x, y, 12, drawings_per_family=1, seed=3)
-    assert px.shape[1:] == (1, 28, 28) and 12 + 7 - 3 <= len(px) == len(py) <= 19
+    families = len(drawings.FAMILIES)
+    assert px.shape[1:] == (1, 28, 28) and 12 + families - 3 <= len(px) == len(py) <= 12 + families
     assert 0 <= px.min() and px.max() <= 1 and px.flatten(1).amax(1).min() == 1  # full-strength ink, as MNIST
-    assert py[-7:].tolist() == [0] * 7  # drawing i of each family is digit i % 10
+    assert py[-families:].tolist() == [0] * families  # drawing i of each family is digit i % 10
     again = augment.pool(x, y, 12, drawings_per_family=1, seed=3)
     assert torch.equal(px, again[0])
     history = train(fresh(), x, y, TrainConfig(epochs=1, attack="none", augment=0.5, augment_n=10, batch_size=20),
                     progress=False)
     assert history[0]["clean_err"] >= 0
+
+
+def test_large_draws_an_mnist_digit_large_and_centred_and_reads_back_as_itself():
+    import numpy as np
+
+    from dadc import augment, preprocess
+
+    yy, xx = np.mgrid[:28, :28]
+    ring = np.clip(3 - np.abs(np.hypot((yy - 14) / 10, (xx - 14) / 7) * 10 - 8), 0, 1)  # an MNIST-like 0
+    bar = ((np.abs(xx - 14) < 2) & (np.abs(yy - 14) < 10)).astype(float)              # and a 1
+    for v in (ring, bar):
+        grey = np.asarray(augment.large(v))
+        ys, xs = np.nonzero(grey < 128)
+        assert grey.shape == (448, 448) and grey.max() == 255 and grey.min() < 40
+        assert 250 <= ys.max() - ys.min() <= 330 and abs((ys.max() + ys.min()) / 2 - 224) < 20
+        back = preprocess.to_mnist(augment.large(v))
+        assert np.corrcoef(back.ravel(), v.ravel())[0, 1] > 0.8  # the same digit, in MNIST's frame again
 
 
 def test_recipe_flags_win_and_no_recipe_is_todays_recipe():
@@ -218,6 +236,7 @@ def test_train_recipe_writes_the_issue_14_metrics(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["autoattack"]["attacks"] == ["apgd-ce", "apgd-t"] and m["autoattack"]["n"] == 5
     assert set(m["drawings"]["by_family"]) == set(__import__("dadc.drawings").drawings.FAMILIES)
+    assert m["mnist_canvas"]["n"] == 50 and 0 <= m["mnist_canvas"]["acc"] <= 1
     assert m["recipe"]["name"] == "round0" and m["recipe"]["train"]["loss"] == "trades"
     assert m["recipe"]["train"]["steps"] == 1 and m["recipe"]["val_n"] == 100
     assert m["history"][0]["selected"] and "robust_acc" in m["history"][0]["val"]
