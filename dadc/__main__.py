@@ -125,6 +125,8 @@ def cmd_train(args, settings):
         raise ValueError(f"--fraction must be in (0, 1], got {cfg.fraction} (use --attack none for normal training)")
     if not 0 <= opt["val_n"] < 60000 or opt["eval_aa_n"] < 0 or opt["eval_drawings_n"] < 0:
         raise ValueError("--val-n must be in [0, 60000), --eval-aa-n and --eval-drawings-n >= 0")
+    if args.recipe == "round0" and not args.init:
+        raise ValueError("--recipe round0 fine-tunes a model: give one trained with --recipe v1 as --init")
     nets.build(cfg.net)  # fail on an unknown net before loading any data
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available")

@@ -90,13 +90,16 @@ class TrainConfig:
 # Named recipes for `python -m dadc train --recipe NAME`: TrainConfig fields and train-command options
 # (val_n, eval_*); any flag given on the command line wins over the recipe.
 RECIPES = {
-    # issue 14's round-000: TRADES, PGD-20 in the last quarter, EMA weights, a fifth of each batch
-    # through the canvas, the epoch chosen on MNIST train's last 10,000 (never trained on), and the
-    # metrics the issue asks for. Sized for a GPU: on the 2 shared development CPU cores an epoch of
-    # it takes minutes (see benchmarks/bench_train_throughput.py).
-    "round0": dict(net="fast", epochs=20, loss="trades", beta=6.0, steps=10, steps_late=20, late=0.25,
-                   eps=0.3, eps_ramp=0.15, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=400,
-                   val_n=10000, eval_n=10000, eval_aa_n=1000, eval_drawings_n=200),
+    # the first round-000: Madry-style PGD-10 (cross-entropy) from random weights, eps ramped up
+    "v1": dict(net="fast", epochs=12, eps_ramp=0.15),
+    # issue 14's round-000: a v1 model (--init, required) fine-tuned with TRADES (beta 6), PGD-20 in the
+    # last quarter, EMA weights and a fifth of each batch through the canvas (MNIST digits redrawn, and
+    # mouse-drawn and font digits), then the metrics the issue asks for. Measured against training
+    # from scratch with the same options for 20 epochs (clean 98.6 %, PGD-40 95.5 %, AutoAttack 92.2 %):
+    # the fine-tune of v1 kept clean accuracy near v1's and reached AutoAttack 93.0 % (README).
+    "round0": dict(net="fast", epochs=4, lr=1e-3, warmup=0.2, loss="trades", beta=6.0, steps=10, steps_late=20,
+                   late=0.25, eps=0.3, eps_ramp=0.0, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=400,
+                   eval_n=10000, eval_aa_n=1000, eval_drawings_n=200),
 }
 
 

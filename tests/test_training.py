@@ -217,20 +217,30 @@ def test_recipe_flags_win_and_no_recipe_is_todays_recipe():
     assert asdict(cfg) == asdict(TrainConfig()) and opt == TRAIN_OPTIONS
     cfg, opt = _train_settings(parser().parse_args(["train", "--recipe", "round0", "--epochs", "2", "--no-amp",
                                                     "--eval-aa-n", "0", "--out", "x"]))
-    assert (cfg.loss, cfg.ema, cfg.epochs, cfg.amp, cfg.steps_late) == ("trades", 0.999, 2.0, False, 20)
-    assert (opt["val_n"], opt["eval_aa_n"], opt["eval_drawings_n"]) == (10000, 0, 200)
+    assert (cfg.loss, cfg.ema, cfg.epochs, cfg.amp, cfg.steps_late, cfg.lr) == ("trades", 0.999, 2.0, False, 20, 1e-3)
+    assert (opt["val_n"], opt["eval_aa_n"], opt["eval_drawings_n"]) == (0, 0, 200)
+    cfg, _ = _train_settings(parser().parse_args(["train", "--recipe", "v1", "--out", "x"]))
+    assert (cfg.epochs, cfg.eps_ramp, cfg.loss, cfg.steps, cfg.lr) == (12, 0.15, "ce", 10, 5e-3)
+
+
+def test_recipe_round0_needs_a_model_to_fine_tune(tmp_path):
+    from test_cli import assert_one_line_error, dadc
+
+    r = dadc("train", "--recipe", "round0", "--out", tmp_path / "r0", home=tmp_path)
+    assert_one_line_error(r, "--init")
+    assert not (tmp_path / "r0").exists()
 
 
 def test_train_recipe_writes_the_issue_14_metrics(tmp_path):
     import json
 
-    from test_cli import dadc
+    from test_cli import ROUND0, dadc
     from test_rounds import mnist_into
 
     home = mnist_into(tmp_path / "home")
     out = tmp_path / "r0"
-    r = dadc("train", "--recipe", "round0", "--epochs", 0.002, "--steps", 1, "--steps-late", 2, "--augment-n", 10,
-             "--augment-drawings", 0, "--val-n", 100, "--val-robust-n", 20, "--eval-n", 50, "--eval-steps", 1,
+    r = dadc("train", "--recipe", "round0", "--init", ROUND0, "--epochs", 0.002, "--steps", 1, "--steps-late", 2,
+             "--augment-n", 10, "--augment-drawings", 0, "--val-n", 100, "--val-robust-n", 20, "--eval-n", 50, "--eval-steps", 1,
              "--eval-aa-n", 5, "--eval-drawings-n", 1, "--out", out, home=home)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
