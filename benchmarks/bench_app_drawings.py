@@ -14,9 +14,10 @@ labels.csv has columns file,label[,family,style] (as dadc.drawings.make and
 dadc.simulate.make_drawings write them); a row without a family gets its folder's name. --make
 draws the folders itself in a temp folder: dadc.drawings.make (N of every family in
 drawings.FAMILIES) and --mnist-n MNIST test digits twice: on canvases of every size, format and
-ink colour (dadc.simulate.make_drawings, family "mnist_canvas") and drawn large and centred
-(dadc.augment.large, family "mnist_large"); MNIST cached in .dadc/. Use evaluation seeds of your own (default 31337), never
-the training ones. /predict has no rate limit (dadc/limits.py limits /flag only), so none is lifted.
+ink colour (dadc.simulate.make_drawings, family "mnist_anywhere") and drawn large and centred
+(dadc.augment.large, family "mnist_canvas", as in train's metrics.json); MNIST cached in .dadc/.
+Use evaluation seeds of your own (default 31337), never the training ones. /predict has no rate
+limit (dadc/limits.py limits /flag only), so none is lifted.
 """
 import argparse
 import csv
@@ -158,9 +159,9 @@ def main():
             from dadc import drawings, simulate
             folders = [drawings.make(tmp / "drawings", args.make, seed=args.seed)]
             if args.mnist_n:
-                folders.append(simulate.make_drawings(tmp / "mnist_canvas", args.mnist_n, ROOT / ".dadc",
+                folders.append(simulate.make_drawings(tmp / "mnist_anywhere", args.mnist_n, ROOT / ".dadc",
                                                       seed=args.seed))
-                folders.append(make_mnist_large(tmp / "mnist_large", args.mnist_n, args.seed))
+                folders.append(make_mnist_large(tmp / "mnist_canvas", args.mnist_n, args.seed))
         rows = read_rows(folders, args.limit)
         if not rows:
             raise SystemExit("no drawings to ask about")

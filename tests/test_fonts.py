@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dadc import augment, checkpoint, drawings, fonts, preprocess
-from tests.test_drawings import ROOT
+from test_cli import ROUND0
 
 
 def test_the_training_fonts_come_with_the_apps_dependencies():
@@ -58,8 +58,8 @@ def test_the_augmentation_pool_draws_fonts_only_from_the_training_fonts(monkeypa
 
 def test_the_shipped_model_reads_font_digits(tmp_path):
     torch.set_num_threads(1)
-    model, _, _ = checkpoint.load(ROOT / "models" / "round-000")
+    model, _, _ = checkpoint.load(ROUND0)
     drawings.make(tmp_path, 60, seed=77, families=["font"])
     res = drawings.accuracy_by_family(drawings.predictor(model), tmp_path)
     assert res["by_family"]["font"]["n"] == 60
-    assert res["by_family"]["font"]["acc"] >= 0.9, res["by_style"]
+    assert res["by_family"]["font"]["acc"] >= 0.95, res["by_style"]  # 200 of 200 at seed 31337
