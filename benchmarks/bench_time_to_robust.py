@@ -38,6 +38,8 @@ def main():
     p.add_argument("--n", type=int, default=1000, help="test examples measured after each epoch")
     p.add_argument("--home", default=os.environ.get("DADC_HOME", ".dadc"))
     args = p.parse_args()
+    if args.recipe == "round0" and not args.init:  # as `python -m dadc train` refuses it
+        p.error("--recipe round0 fine-tunes a model: give one trained with --recipe v1 as --init")
     cfg, opt = _train_settings(parser().parse_args(["train", "--recipe", args.recipe, "--no-amp", "--out", "-"]))
     arrays = data.fetch(args.home, log=lambda m: print(m, file=sys.stderr))
     x, y, _, select = _hold_out(*data.tensors(arrays, "train"), cfg, opt)
