@@ -18,8 +18,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dadc import checkpoint, data, preprocess  # noqa: E402
-from dadc.simulate import random_canvas  # noqa: E402
+from dadc.model import checkpoint
+from dadc.model import mnist as data
+from dadc import preprocess  # noqa: E402
+from dadc.synth.canvas import random_canvas  # noqa: E402
 
 
 def main():

@@ -57,7 +57,8 @@ def read_rows(folders, limit=None):
 
 def make_mnist_large(out, n, seed):
     """n MNIST test digits (a seeded pick) each drawn 14x large and centred (dadc.augment.large), and labels.csv."""
-    from dadc import augment, data
+    from dadc.synth import augment
+    from dadc.model import mnist as data
 
     arrays = data.fetch(ROOT / ".dadc", log=lambda m: print(m, file=sys.stderr))
     pick = np.random.default_rng([seed, 28]).choice(len(arrays["test_y"]), size=n, replace=False)
@@ -156,7 +157,8 @@ def main():
     try:
         folders = args.drawings
         if args.make:
-            from dadc import drawings, simulate
+            from dadc.synth import drawings
+            from dadc.campaign import simulate
             folders = [drawings.make(tmp / "drawings", args.make, seed=args.seed)]
             if args.mnist_n:
                 folders.append(simulate.make_drawings(tmp / "mnist_anywhere", args.mnist_n, ROOT / ".dadc",

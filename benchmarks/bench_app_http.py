@@ -29,7 +29,9 @@ def serve(port):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from dadc import components, config, ui
+    from dadc.web import components
+    from dadc import config
+    from dadc.web import ui
 
     demo = ui.build(config.from_env())
     with demo:  # the echo endpoints, hidden, with the same concurrency settings as /predict
@@ -60,9 +62,9 @@ def main():
 
     from gradio_client import Client, handle_file
 
-    from dadc import data
-    from dadc.simulate import draw
-    from dadc.ui import CANVAS
+    from dadc.model import mnist as data
+    from dadc.synth.canvas import paste_mnist as draw
+    from dadc.preprocess import CANVAS
 
     port = free_port()
     home = tempfile.mkdtemp(prefix="bench-http-")

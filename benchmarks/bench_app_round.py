@@ -19,11 +19,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dadc import data, preprocess  # noqa: E402
+from dadc.model import mnist as data
+from dadc import preprocess  # noqa: E402
 from dadc.config import RoundConfig  # noqa: E402
-from dadc.registry import ROUND0, Predictor, Registry  # noqa: E402
-from dadc.retrain import RetrainJob  # noqa: E402
-from dadc.simulate import random_canvas  # noqa: E402
+from dadc.rounds.registry import ROUND0, Predictor, Registry  # noqa: E402
+from dadc.rounds.retrain import RetrainJob  # noqa: E402
+from dadc.synth.canvas import random_canvas  # noqa: E402
 from dadc.store import FlagStore  # noqa: E402
 
 

@@ -78,7 +78,7 @@ def image_rect(page):
 
 def strokes(digit, style, rect):
     """The strokes of one dadc.drawings digit, in screen px, filling the middle 60 % of the canvas."""
-    from dadc import drawings
+    from dadc.synth import drawings
 
     out = []
     for p in drawings.STYLES[digit][style](np.random.default_rng(digit)):
@@ -158,14 +158,17 @@ def serve_sketchpad(port):
     Gradio, then Studio.predict, as dadc/ui.py did before page.js."""
     import gradio as gr
 
-    from dadc import components, config, page, ui
-    from dadc.service import Studio
+    from dadc.web import components
+    from dadc import config, preprocess
+    from dadc.web import page
+    from dadc.web import ui
+    from dadc.studio.service import Studio
 
     studio = Studio(config.from_env())
     answers = itertools.count(1)
     with gr.Blocks() as demo:
         demo.studio = studio
-        canvas = components.Canvas(canvas_size=(ui.CANVAS, ui.CANVAS), type="pil", layers=False, transforms=(),
+        canvas = components.Canvas(canvas_size=(preprocess.CANVAS, preprocess.CANVAS), type="pil", layers=False, transforms=(),
                                    brush=gr.Brush(default_size=ui.BRUSH, colors=["#000000"], color_mode="fixed"),
                                    elem_id="canvas", height=520)
         top = gr.HTML(ui.top_line(None), elem_id="dadc-top", js_on_load=None)
@@ -178,7 +181,7 @@ def serve_sketchpad(port):
 
         canvas.change(live, canvas, [label, seen, top], trigger_mode="always_last", show_progress="hidden",
                       concurrency_limit=None)
-    ui.launch(demo, server_name="127.0.0.1", server_port=port, quiet=True, head=page.head(ui.CANVAS))
+    ui.launch(demo, server_name="127.0.0.1", server_port=port, quiet=True, head=page.head(preprocess.CANVAS))
 
 
 def start(path, home):

@@ -65,8 +65,8 @@ def link_mnist(home):
 
 def make_drawings(out, n, seed=0):
     """n MNIST training digits (first n, then again at other sizes) drawn on 64x64 canvases."""
-    from dadc import data
-    from dadc.simulate import draw
+    from dadc.model import mnist as data
+    from dadc.synth.canvas import paste_mnist as draw
 
     arrays = data.fetch(ROOT / ".dadc", log=lambda m: None)
     xs, ys = arrays["train_x"], arrays["train_y"]
@@ -134,8 +134,8 @@ class App:
 
 
 def canvas_png(path):
-    from dadc import data
-    from dadc.simulate import draw
+    from dadc.model import mnist as data
+    from dadc.synth.canvas import paste_mnist as draw
 
     arrays = data.fetch(ROOT / ".dadc", log=lambda m: None)
     x = arrays["test_x"][0]

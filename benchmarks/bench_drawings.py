@@ -20,7 +20,9 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dadc import checkpoint, drawings  # noqa: E402
+from dadc.model import checkpoint
+from dadc.synth import drawings  # noqa: E402
+from dadc.model import evaluate  # noqa: E402
 
 
 def main():
@@ -41,13 +43,13 @@ def main():
         drawings.make(out, args.n, seed=args.seed, families=args.families.split(","))
         made = time.perf_counter() - t
         t = time.perf_counter()
-        said, read_one = [], drawings.predictor(model)
+        said, read_one = [], evaluate.predictor(model)
 
         def predict(canvas):  # remember every answer, for the sheet of misread drawings
             said.append(-1)   # -1: the preprocessing refused the canvas
             said[-1] = read_one(canvas)
             return said[-1]
-        res = drawings.accuracy_by_family(predict, out)
+        res = evaluate.accuracy_by_family(predict, out)
         read = time.perf_counter() - t
         if args.sheet:
             rows = list(csv.DictReader(open(out / "labels.csv", newline="")))

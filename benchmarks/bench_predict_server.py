@@ -15,8 +15,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dadc import config, data  # noqa: E402
-from dadc.simulate import draw  # noqa: E402
+from dadc import config
+from dadc.model import mnist as data  # noqa: E402
+from dadc.synth.canvas import paste_mnist as draw  # noqa: E402
 
 
 def main():
@@ -25,8 +26,8 @@ def main():
     args = p.parse_args()
     import os
     os.environ["DADC_HOME"] = tempfile.mkdtemp(prefix="bench-predict-")
-    from dadc.service import Studio
-    from dadc.ui import CANVAS
+    from dadc.studio.service import Studio
+    from dadc.preprocess import CANVAS
 
     studio = Studio(config.from_env())
     arrays = data.fetch(ROOT / ".dadc", log=lambda m: None)

@@ -36,7 +36,7 @@ def seed(home, n, arrays):
             ids.append(store.append(arrays["test_x"][k], label, prediction=(label + i % 2) % 10,
                                     confidences=[0.1] * 10, round=0, session=f"anon-{i % 997:04x}"))
             if i % 10 == 0:
-                store.validate(ids[-1], f"anon-voter{i % 13}", bool(i % 3))
+                store.vote(ids[-1], f"anon-voter{i % 13}", bool(i % 3))
     finally:
         os.fsync = real_fsync
 
@@ -51,9 +51,10 @@ def median_ms(fn, n=50):
 
 
 def one_size(n, do_round):
-    from dadc import config, data
-    from dadc.service import Studio
-    from dadc.simulate import draw
+    from dadc import config
+    from dadc.model import mnist as data
+    from dadc.studio.service import Studio
+    from dadc.synth.canvas import paste_mnist as draw
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
     (home / "mnist").mkdir()
@@ -70,15 +71,15 @@ def one_size(n, do_round):
     startup = time.perf_counter() - t
     canvas = draw(arrays["test_x"][0])
     from dadc.preprocess import to_mnist
-    from dadc.service import keepable
+    from dadc.store import keepable
 
     x, kept = to_mnist(canvas), keepable(canvas)
     out = {"flags": n, "seed_s": round(seeded, 1), "startup_s": round(startup, 2),
            "flag_ms": median_ms(lambda i: studio.flag(canvas, 3, f"anon-bench{i}")),
            "append_ms": median_ms(lambda i: studio.store.append(x, 3, canvas=kept, prediction=3, session="b")),
-           "next_ms": median_ms(lambda i: studio.next_to_verify(f"anon-judge{i}"))}
-    ids = [studio.next_to_verify(f"anon-judge{i}")["id"] for i in range(50)]
-    out["verify_ms"] = median_ms(lambda i: studio.verify(ids[i], True, f"anon-judge{i}"))
+           "next_ms": median_ms(lambda i: studio.next_to_vote(f"anon-judge{i}"))}
+    ids = [studio.next_to_vote(f"anon-judge{i}")["id"] for i in range(50)]
+    out["verify_ms"] = median_ms(lambda i: studio.vote(ids[i], True, f"anon-judge{i}"))
     out["dashboard_ms"] = median_ms(lambda i: studio.dashboard())
     out["rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if do_round:

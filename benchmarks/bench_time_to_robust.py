@@ -20,9 +20,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from dadc import checkpoint, data, evaluate, nets  # noqa: E402
+from dadc.model import checkpoint
+from dadc.model import mnist as data
+from dadc.model import evaluate
+from dadc.model import nets  # noqa: E402
 from dadc.__main__ import _hold_out, _train_settings, parser  # noqa: E402
-from dadc.training import RECIPES, train  # noqa: E402
+from dadc.model.training import RECIPES, train  # noqa: E402
 
 CLEAN, ROBUST = 0.992, 0.95
 

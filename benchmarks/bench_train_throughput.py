@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from dadc import data, nets  # noqa: E402
-from dadc.training import TrainConfig, train  # noqa: E402
+from dadc.model import mnist as data
+from dadc.model import nets  # noqa: E402
+from dadc.model.training import TrainConfig, train  # noqa: E402
 
 
 def reference_pgd(model, x, y, eps, alpha, steps):
@@ -125,7 +126,7 @@ def main():
 
 
 def options(args):
-    from dadc import augment
+    from dadc.synth import augment
 
     x, y = data.load(args.home, "train", log=lambda m: print(m, file=sys.stderr))
     base = TrainConfig(net=args.net, epochs=args.samples / len(x), batch_size=args.batch_size, steps=args.steps,

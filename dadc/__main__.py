@@ -14,7 +14,7 @@ from . import config
 
 
 def cmd_data(args, settings):
-    from . import data
+    from .model import mnist as data
 
     arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
     print(f"MNIST ok: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test at {data.cache_path(settings.home)}")
@@ -28,7 +28,7 @@ TRAIN_OPTIONS = {"val_n": 0, "val_robust_n": 1000, "eval_n": 10000, "eval_eps": 
 
 def _train_settings(args):
     """(TrainConfig, options): TrainConfig's defaults, then the --recipe's values, then the flags given."""
-    from .training import RECIPES, TrainConfig
+    from .model.training import RECIPES, TrainConfig
 
     recipe = RECIPES[args.recipe] if args.recipe else {}
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -57,7 +57,7 @@ def machine(device="cpu"):
 def _hold_out(x, y, cfg, opt):
     """(train x, y, what was held out, validate(model) -> scores) for --val-n: MNIST train's last
     val_n (the gate's slice) is not trained on and selects the epoch. (x, y, None, None) without it."""
-    from . import evaluate
+    from .model import evaluate
 
     n, rn = opt["val_n"], opt["val_robust_n"]
     if not n:
@@ -84,7 +84,10 @@ def _test_metrics(model, xt, yt, opt):
     import numpy as np
     import torch
 
-    from . import augment, drawings, evaluate, preprocess
+    from .synth import augment
+    from .synth import drawings
+    from .model import evaluate
+    from . import preprocess
 
     n, eps = opt["eval_n"], opt["eval_eps"]
     out = {"clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
@@ -115,8 +118,10 @@ def _test_metrics(model, xt, yt, opt):
 def cmd_train(args, settings):
     import torch
 
-    from . import checkpoint, data, nets
-    from .training import train
+    from .model import checkpoint
+    from .model import mnist as data
+    from .model import nets
+    from .model.training import train
 
     wall = time.perf_counter()
     cfg, opt = _train_settings(args)
@@ -171,7 +176,9 @@ def cmd_train(args, settings):
 
 
 def cmd_eval(args, settings):
-    from . import checkpoint, data, evaluate
+    from .model import checkpoint
+    from .model import mnist as data
+    from .model import evaluate
 
     if args.eps < 0:
         raise ValueError(f"--eps must be >= 0, got {args.eps}")
@@ -221,7 +228,7 @@ def cmd_eval(args, settings):
 
 
 def cmd_export(args, settings):
-    from .export import export_dataset
+    from .campaign.export import export_dataset
 
     counts = export_dataset(settings.home, args.out)
     print(f"exported {sum(counts.values())} flagged examples to {args.out} "
@@ -231,7 +238,7 @@ def cmd_export(args, settings):
 def cmd_import(args, settings):
     """Drawings (PNGs + labels.csv) or another campaign's parquet export into this home's store,
     refused while an app serves the home; last stdout line JSON (see dadc/importer.py)."""
-    from .importer import run
+    from .campaign.importer import run
 
     print(json.dumps(run(args.source, settings.home, max_flags=settings.max_flags)))
 
@@ -245,7 +252,7 @@ def cmd_migrate(args, settings):
 
     from huggingface_hub import HfApi
 
-    from .hub_migrate import migrate
+    from .hub.migrate import migrate
 
     if not settings.hub_enabled:
         raise ValueError("migrate needs HF_TOKEN and DADC_DATASET_REPO (the dataset repo to rewrite)")
@@ -266,7 +273,7 @@ def cmd_migrate(args, settings):
 
 def cmd_rollback(args, settings):
     """A running app keeps its model until it restarts (roll back from its dashboard to switch at once)."""
-    from .registry import Registry
+    from .rounds.registry import Registry
 
     registry = Registry(settings.home)
     registry.rollback(args.round, why="python -m dadc rollback")
@@ -308,10 +315,11 @@ def cmd_retrain(args, settings):
     """One round now, in the foreground, on every eligible flagged example whatever the threshold:
     the app's round (same RoundConfig, gate and history entry), under the home's train lock. The
     gate's verdict is a result (exit 0 either way); bad input is an error (exit 1)."""
-    from . import data, files
+    from .model import mnist as data
+    from . import files
     from .examples import eligible
-    from .registry import Predictor, Registry
-    from .retrain import TRAIN_LOCK, RetrainJob
+    from .rounds.registry import Predictor, Registry
+    from .rounds.retrain import TRAIN_LOCK, RetrainJob
     from .store import FlagStore
 
     home = settings.home
@@ -360,20 +368,20 @@ def cmd_retrain(args, settings):
 
 
 def cmd_simulate(args, settings):
-    from . import simulate
+    from .campaign import simulate
 
     simulate.main(args, settings)
 
 
 def parser():
-    from .training import TrainConfig
+    from .model.training import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m dadc", description="DADC studio: MNIST data, training, evaluation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist").set_defaults(run=cmd_data)
 
-    from .training import RECIPES
+    from .model.training import RECIPES
 
     t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
     # every default is None here: "not given", so that a --recipe's value applies (see _train_settings)
@@ -427,7 +435,7 @@ def parser():
     i.add_argument("source", help="a folder with labels.csv (file,label), or an export folder / .parquet file")
     i.set_defaults(run=cmd_import)
 
-    from . import simulate
+    from .campaign import simulate
     s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")
     simulate.add_arguments(s)
     s.set_defaults(run=cmd_simulate)

@@ -6,6 +6,7 @@ disputed, which examples a round may learn from, which are held out (never train
 measures on them, and the export's validation split is the same set), and how rounds are named.
 """
 import hashlib
+import numbers
 import random
 import re
 from collections import Counter
@@ -25,6 +26,14 @@ def round_number(name: str) -> int:
         raise ValueError(f"{name!r} is not a round name (round-NNN)")
     return int(m.group(1))
 
+
+
+def as_digit(value, name="digit"):
+    """`value` as an int 0-9: the one rule for a digit from outside (an int, numpy's too; not a
+    bool, float or string); ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= 9:
+        raise ValueError(f"{name} must be an int 0-9, got {value!r}")
+    return int(value)
 
 @dataclass(frozen=True)
 class Example:

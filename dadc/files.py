@@ -8,7 +8,9 @@
   try_locked: the same, exclusive, without waiting (None when someone else holds it);
 - append_line: one JSON row appended whole and fsynced, under the file's lock, after cutting a
   torn tail (a writer killed mid-line); a row that could not be written whole is cut back out;
-- read_jsonl: the rows of a JSON-lines file, a torn or corrupt line skipped, never fatal;
+- parse_rows, read_jsonl, read_tail: the rows of JSON-lines bytes, of a whole file, of what was
+  appended past an offset (whole lines only); a torn or corrupt line skipped, never fatal;
+- write_rows: rows appended as canonical JSON and fsynced (rows adopted from outside);
 - utc_now: the one time stamp format of every row and record.
 """
 import errno
@@ -24,6 +26,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("dadc.files")
+
+
+APP_LOCK = "app.lock"  # under DADC_HOME: held by the one process serving or importing into that home
+
+
+def hold_app(home):
+    """Hold DADC_HOME/app.lock until the process ends (see hold): one app, or one import, per home.
+    Raises Busy when another process holds it."""
+    return hold(Path(home) / APP_LOCK)
 
 
 def utc_now() -> str:
@@ -224,12 +235,8 @@ def append_line(path, row):
             raise
 
 
-def read_jsonl(path):
-    """The dict rows of a JSON-lines file (none if it does not exist); torn or corrupt lines skipped."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
+def parse_rows(data: bytes) -> list:
+    """The dict rows of JSON-lines bytes; blank, torn or corrupt lines skipped, never fatal."""
     rows = []
     for line in data.split(b"\n"):
         if not line.strip():
@@ -241,3 +248,31 @@ def read_jsonl(path):
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def read_jsonl(path):
+    """The dict rows of a JSON-lines file (none if it does not exist); torn or corrupt lines skipped."""
+    try:
+        return parse_rows(Path(path).read_bytes())
+    except FileNotFoundError:
+        return []
+
+
+def read_tail(path, start=0, end=None):
+    """(the rows of the whole lines between byte `start` and `end` (the file's end if None), the
+    byte offset after the last of them): what a reader that follows an appended file reads next.
+    A line still being written (no newline yet) is left for the next read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(-1 if end is None else max(0, end - start))
+    except FileNotFoundError:
+        return [], start
+    whole = data.rfind(b"\n") + 1
+    return parse_rows(data[:whole]), start + whole
+
+
+def write_rows(fd, rows):
+    """Append rows to an open file as our own canonical JSON, one a line, fsynced."""
+    write_all(fd, b"".join((json.dumps(r, separators=(",", ":")) + "\n").encode() for r in rows))
+    os.fsync(fd)

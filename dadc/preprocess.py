@@ -18,6 +18,7 @@ import math
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
+CANVAS = 448                 # px a side of the app's canvas: big enough for a finger, small enough to send and read fast
 MAX_SIDE = 1024              # canvases larger than this are box-reduced first (bounded memory and time)
 MAX_INPUT_SIDE = 4096        # larger images are refused before decoding (a 20000x20000 PNG is 400 Mpx)
 INK = 40                     # 0-255: ink weaker than this is noise (anti-aliasing, JPEG, paper)
@@ -26,6 +27,12 @@ HI = 80                      # the digit is fitted at 4x MNIST's 20 px, its stro
 
 BLANK = "draw a digit"
 ALL_INK = "the canvas is covered in ink: clear it and draw one digit"
+
+
+def to_uint8(x):
+    """A 28x28 of floats in [0, 1] (as to_mnist returns and the model reads) as the uint8 pixels the
+    store keeps: the one rounding, so 'the same drawing' means the same bytes everywhere."""
+    return (np.clip(np.asarray(x, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
 
 
 class CanvasError(ValueError):

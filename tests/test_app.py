@@ -16,7 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from dadc.simulate import draw
+from dadc.synth.canvas import paste_mnist as draw
 from test_rounds import TINY, mnist_into, train_round0
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def round0(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mnist(round0):
-    from dadc import data
+    from dadc.model import mnist as data
 
     return data.fetch(round0.parent / "mnist-home", log=lambda m: None)
 
@@ -294,15 +294,16 @@ def test_many_clients_flagging_at_once(tmp_path, round0, mnist):
 
 def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monkeypatch):
     """The dashboard's numbers, in-process (the same Studio the page's events call)."""
-    from dadc import config, ui
+    from dadc import config
+    from dadc.web import ui
     from dadc.config import RoundConfig
-    from dadc.service import Studio
+    from dadc.studio.service import Studio
 
     home = mnist_into(tmp_path / "home")
     monkeypatch.setenv("DADC_HOME", str(home))
     monkeypatch.setenv("DADC_THRESHOLD", "3")
     monkeypatch.setenv("DADC_ADMINS", "ada")
-    studio = Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
+    studio = Studio(config.from_env(), round0=round0, round_cfg=RoundConfig(**TINY, clean_drop=1, robust_drop=1))
     canvases = [draw(mnist["test_x"][i], rng=np.random.default_rng(i)) for i in range(4)]
     for i, c in enumerate(canvases):  # four drawings: four attempts, three flagged as fooling it
         studio.predict(c, f"s{i}")
@@ -310,8 +311,8 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     receipts = [studio.flag(c, int((mnist["test_y"][i] + 1) % 10), f"s{i}") for i, c in enumerate(canvases[:3])]
     assert all(r["fooled"] or r["prediction"] == r["label"] for r in receipts)
     assert studio.job.wait(120)
-    studio.verify(receipts[0]["id"], True, "someone")
-    studio.verify(receipts[0]["id"], True, "someone-else")  # votes=2: verified
+    studio.vote(receipts[0]["id"], True, "someone")
+    studio.vote(receipts[0]["id"], True, "someone-else")  # votes=2: verified
     d = studio.dashboard()
     counts = {(row["digit"], row["kind"]): row["examples"] for row in d["digits"]}
     assert sum(v for (_, k), v in counts.items() if k == "collected") == 3
@@ -328,7 +329,7 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     status, per_digit, mer_df, acc_df, gallery, history, *_ = fn().values()
     assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
     # an admin's rollback swaps the served round at once; anyone else's is refused
-    from dadc.service import StudioError, Visitor
+    from dadc.studio.service import StudioError, Visitor
 
     with pytest.raises(StudioError, match="Only an admin"):
         studio.rollback("round-000", Visitor("mallory", username="mallory"))

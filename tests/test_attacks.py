@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dadc.attacks import fgsm, pgd
-from dadc.evaluate import accuracy, robust_accuracy
-from dadc.training import TrainConfig, train
+from dadc.model.attacks import fgsm, pgd
+from dadc.model.evaluate import accuracy, robust_accuracy
+from dadc.model.training import TrainConfig, train
 from synth import digits, tiny_net
 
 
@@ -94,7 +94,7 @@ def test_attack_rejects_bad_settings(trained):
 
 def test_autoattack_is_at_least_as_strong_as_pgd(trained):
     pytest.importorskip("pyautoattack")
-    from dadc.evaluate import autoattack_accuracy
+    from dadc.model.evaluate import autoattack_accuracy
 
     model, x, y = trained
     x, y = x[:40], y[:40]
@@ -106,7 +106,7 @@ def test_autoattack_is_at_least_as_strong_as_pgd(trained):
 def test_trades_attack_stays_in_the_eps_ball_and_raises_the_kl(trained):
     import torch.nn.functional as F
 
-    from dadc.attacks import trades_attack
+    from dadc.model.attacks import trades_attack
 
     model, x, y = trained
     x_adv = trades_attack(model, x, eps=0.1, alpha=0.02, steps=10)
@@ -119,7 +119,7 @@ def test_trades_attack_stays_in_the_eps_ball_and_raises_the_kl(trained):
 
 def test_autoattack_reports_the_attacks_it_ran(trained, monkeypatch):
     pyautoattack = pytest.importorskip("pyautoattack")
-    from dadc.evaluate import autoattack
+    from dadc.model.evaluate import autoattack
 
     class Short(pyautoattack.AutoAttack):  # 5 iterations instead of 100: this checks the plumbing only
         def run_standard_evaluation(self, *args, **kwargs):

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from dadc import checkpoint, nets
+from dadc.model import checkpoint
+from dadc.model import nets
 
 
 @pytest.mark.parametrize("name", list(nets.NETS))

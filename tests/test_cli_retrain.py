@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 from dadc import files
-from dadc.registry import Registry
-from dadc.retrain import TRAIN_LOCK
+from dadc.rounds.registry import Registry
+from dadc.rounds.retrain import TRAIN_LOCK
 from dadc.store import FlagStore
 from test_rounds import TINY, attempts, cli, flag_some, loop, mnist_into, round0  # noqa: F401 (fixtures)
 
@@ -20,7 +20,7 @@ LOOSE = dict(DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")  # a gate an
 
 def home_with_flags(tmp_path, round0, n):
     """A home serving the tiny round 0, with n MNIST test digits flagged (as people would draw them)."""
-    from dadc import data
+    from dadc.model import mnist as data
 
     home = mnist_into(tmp_path / "home")
     Registry(home, round0)
@@ -38,8 +38,8 @@ def last_json(result):
 
 def test_retrain_promotes_a_round_recorded_like_an_app_round(tmp_path, round0):
     from dadc.config import RoundConfig
-    from dadc.registry import Predictor
-    from dadc.retrain import RetrainJob
+    from dadc.rounds.registry import Predictor
+    from dadc.rounds.retrain import RetrainJob
 
     home = home_with_flags(tmp_path, round0, 6)
     r = cli("retrain", home=home, **LOOSE)  # DADC_THRESHOLD is 10: the CLI does not wait for it

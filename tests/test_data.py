@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dadc import data
+from dadc.model import mnist as data
 
 
 def fake_mnist(n_train=60, n_test=20, seed=0):

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dadc import page as dadc_page
+from dadc.web import page as dadc_page
 from dadc.examples import Example
 from dadc.preprocess import CanvasError
-from dadc.tally import Tally
+from dadc.studio.tally import Tally
 from test_app import App, next_address, stored
 
 ROOT = Path(__file__).resolve().parents[1]

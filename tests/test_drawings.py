@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc import checkpoint, drawings, preprocess
-from dadc.simulate import read_drawings
+from dadc.model import checkpoint
+from dadc.synth import drawings
+from dadc.model import evaluate
+from dadc import preprocess
+from dadc.campaign.simulate import read_drawings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +33,7 @@ def test_every_style_and_family_renders_as_a_sketchpad_canvas():
     cases = [(d, s, "plain") for d in drawings.STYLES for s in drawings.STYLES[d]]
     cases += [(d, None, f) for f in drawings.FAMILIES if f != "font" for d in (1, 8)]  # font: test_fonts.py
     for k, (digit, style, family) in enumerate(cases):
-        canvas, got = drawings.draw(digit, np.random.default_rng(k), family, style)
+        canvas, got = drawings.digit(digit, np.random.default_rng(k), family, style)
         assert got in drawings.STYLES[digit] and (style is None or got == style)
         assert canvas.mode == "RGBA" and canvas.size == (448, 448)
         rgba = np.asarray(canvas)
@@ -57,7 +60,7 @@ def test_families_differ_as_documented():
     def heights_and_brushes(family):
         out = []
         for i in range(20):
-            grey = np.asarray(drawings.draw(8, drawings._rng(0, family, i), family)[0])[..., 0]
+            grey = np.asarray(drawings.digit(8, drawings._rng(0, family, i), family)[0])[..., 0]
             ys, xs = np.nonzero(grey < 128)
             out.append((ys.max() - ys.min(), (grey < 128).sum()))
         return np.array(out)
@@ -92,7 +95,7 @@ def test_make_is_deterministic_per_seed_and_readable_by_the_simulator(tmp_path):
 
 def test_accuracy_by_family_counts_right(tmp_path, one_thread):
     folder = drawings.make(tmp_path, 10, seed=1, families=["plain", "tilted"])
-    res = drawings.accuracy_by_family(lambda canvas: 3, folder)
+    res = evaluate.accuracy_by_family(lambda canvas: 3, folder)
     assert res["all"] == {"n": 20, "acc": 0.1}
     assert res["by_family"] == {"plain": {"n": 10, "acc": 0.1}, "tilted": {"n": 10, "acc": 0.1}}
     assert res["by_label"]["3"] == {"n": 2, "acc": 1.0} and res["by_label"]["4"]["acc"] == 0.0
@@ -100,7 +103,7 @@ def test_accuracy_by_family_counts_right(tmp_path, one_thread):
     assert all(k.split("/")[1] in drawings.STYLES[int(k.split("/")[0])] for k in res["by_style"])
     # the predictor sees the canvas itself, as the app's /predict does
     seen = []
-    drawings.accuracy_by_family(lambda canvas: seen.append(canvas.size) or 0, folder)
+    evaluate.accuracy_by_family(lambda canvas: seen.append(canvas.size) or 0, folder)
     assert seen == [(448, 448)] * 20
     # a folder with only file,label (as `dadc simulate --make-drawings` writes) and a blank canvas
     rows = list(csv.DictReader(open(folder / "labels.csv", newline="")))
@@ -108,14 +111,14 @@ def test_accuracy_by_family_counts_right(tmp_path, one_thread):
         f.write("file,label\n" + "".join(f"{r['file']},{r['label']}\n" for r in rows[:4]))
         f.write("blank.png,5\n")
     Image.new("RGBA", (448, 448), "white").save(folder / "blank.png")
-    res = drawings.accuracy_by_family(drawings.predictor(checkpoint.load(ROOT / "models" / "round-000")[0]), folder)
+    res = evaluate.accuracy_by_family(evaluate.predictor(checkpoint.load(ROOT / "models" / "round-000")[0]), folder)
     assert res["all"]["n"] == 5 and res["by_family"]["-"]["n"] == 5 and res["by_label"]["5"]["acc"] == 0.0
 
 
 def test_shipped_model_reads_clean_drawings(tmp_path, one_thread):
     model, _, _ = checkpoint.load(ROOT / "models" / "round-000")
     folder = drawings.make(tmp_path, 100, seed=0, families=["plain"])
-    res = drawings.accuracy_by_family(drawings.predictor(model), folder)
+    res = evaluate.accuracy_by_family(evaluate.predictor(model), folder)
     assert res["all"]["n"] == 100
     assert res["all"]["acc"] >= 0.9, res
     assert all(v["acc"] >= 0.7 for v in res["by_label"].values()), res["by_label"]

@@ -7,7 +7,10 @@ import torch
 from PIL import Image
 from test_cli import ROUND0, assert_one_line_error, dadc
 
-from dadc import checkpoint, drawings, evaluate, preprocess
+from dadc.model import checkpoint
+from dadc.synth import drawings
+from dadc.model import evaluate
+from dadc import preprocess
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from dadc import retrain
+from dadc.rounds import retrain
 from dadc.config import RoundConfig
-from dadc.gate import gate
-from dadc.model_card import model_card
+from dadc.rounds.gate import gate
+from dadc.hub.model_card import model_card
 from test_rounds import TINY, attempts, flag_some, loop, round0  # noqa: F401 (fixtures)
 
 REF = {"round": "round-000", "val_clean_acc": 0.990, "val_robust_acc": 0.900}
@@ -90,7 +90,7 @@ def test_a_round_records_val_test_human_and_the_reference_measured_once(loop, mo
     assert not all(torch.equal(registry.load("round-001")[0].state_dict()[k], r0[k]) for k in r0)
     assert m["train"]["init"] == "round-000" and registry.metrics("round-001")["train"]["init"] == "round-000"
     # the validation slice (the last val_n of MNIST train) never trains a round
-    from dadc import data
+    from dadc.model import mnist as data
     x, _ = data.tensors(arrays, "train")
     val = {bytes(v.numpy()) for v in x[-TINY["val_n"]:]}
     assert len(seen) == 2 and all(bytes(v.numpy()) not in val for xs in seen for v in xs)

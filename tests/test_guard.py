@@ -1,7 +1,7 @@
-"""dadc.guard against a real Gradio server, through raw HTTP (issue 11, parts 2 and 3).
+"""dadc.web.bounds and dadc.web.identity against a real Gradio server, through raw HTTP (issue 11, parts 2 and 3).
 
 One small app (a bounded Sketchpad, a function reading it, one returning the caller's identity)
-is launched once for the module with guard.install(); every request goes over a socket."""
+is launched once for the module with bounds.install(); every request goes over a socket."""
 import io
 import socket
 import time
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from dadc import guard
+from dadc.web import bounds, identity
 
 SECRET = b"test-home-secret"
 TTL = 1.0
@@ -32,7 +32,7 @@ def _png(w, h):
 @pytest.fixture(scope="module")
 def app():
     with gr.Blocks() as demo:
-        pad = guard.BoundedSketchpad()
+        pad = bounds.BoundedSketchpad()
         out = gr.Textbox()
         who = gr.Textbox()
 
@@ -41,13 +41,13 @@ def app():
             return "none" if c is None else f"{c.shape[1]}x{c.shape[0]}"
 
         def whoami(request: gr.Request):
-            return "|".join([guard.client_identity(request, SECRET, 0),
-                             guard.client_identity(request, SECRET, 1),
+            return "|".join([identity.client_identity(request, SECRET, 0),
+                             identity.client_identity(request, SECRET, 1),
                              request.session_hash or ""])
 
         gr.Button("size").click(size, pad, out, api_name="size")
         gr.Button("who").click(whoami, None, who, api_name="whoami")
-    kwargs = guard.install(demo, blob_ttl_s=TTL)
+    kwargs = bounds.install(demo, blob_ttl_s=TTL)
     port = _free_port()
     demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
                         quiet=True, **kwargs)
@@ -122,11 +122,11 @@ def test_blob_route_refuses_an_absurd_layer_index(app):
 
 def test_blob_route_refuses_too_many_layers(app):
     pad, base = app
-    for i in range(guard.MAX_LAYERS):
+    for i in range(bounds.MAX_LAYERS):
         assert _blob(base, pad, index=i, blob_id="many").status_code == 200
-    r = _blob(base, pad, index=guard.MAX_LAYERS, blob_id="many")
+    r = _blob(base, pad, index=bounds.MAX_LAYERS, blob_id="many")
     assert r.status_code == 422, r.text
-    assert len(pad.blob_storage["many"].layers) == guard.MAX_LAYERS
+    assert len(pad.blob_storage["many"].layers) == bounds.MAX_LAYERS
 
 
 def test_blob_route_refuses_bad_fields(app):
@@ -155,7 +155,7 @@ def test_blobs_reach_the_function_and_an_8000px_blob_is_refused_before_decoding(
     assert "ok" not in pad.blob_storage  # used by its event: freed
 
     huge = _png(8000, 8000)  # ~80 KB on the wire, 64 Mpx decoded
-    assert len(huge) < guard.MAX_BODY
+    assert len(huge) < bounds.MAX_BODY
     assert _blob(base, pad, kind="composite", data=huge, blob_id="huge").status_code == 200
     t = time.monotonic()
     value = {"id": "huge", "background": None, "layers": [], "composite": None}
@@ -209,15 +209,15 @@ def test_client_identity_unit():
             self.client = type("C", (), {"host": host})()
             self.headers = {"x-forwarded-for": xff} if xff else {}
 
-    a = guard.client_identity(Req("198.51.100.9"), SECRET)
-    assert a == guard.client_identity(Req("198.51.100.9", "1.2.3.4"), SECRET)
-    assert a != guard.client_identity(Req("198.51.100.9"), b"another-home")  # salted per home
+    a = identity.client_identity(Req("198.51.100.9"), SECRET)
+    assert a == identity.client_identity(Req("198.51.100.9", "1.2.3.4"), SECRET)
+    assert a != identity.client_identity(Req("198.51.100.9"), b"another-home")  # salted per home
     # IPv6: one /64 is one identity; IPv4-mapped is the IPv4 address
-    assert (guard.client_identity(Req("2001:db8::1"), SECRET)
-            == guard.client_identity(Req("2001:db8::ffff"), SECRET))
-    assert guard.client_identity(Req("::ffff:198.51.100.9"), SECRET) == a
+    assert (identity.client_identity(Req("2001:db8::1"), SECRET)
+            == identity.client_identity(Req("2001:db8::ffff"), SECRET))
+    assert identity.client_identity(Req("::ffff:198.51.100.9"), SECRET) == a
     # too few entries for the hops: the peer, not the client's entry
-    assert guard.client_identity(Req("198.51.100.9", "1.2.3.4"), SECRET, 2) == a
+    assert identity.client_identity(Req("198.51.100.9", "1.2.3.4"), SECRET, 2) == a
 
 
 def test_trusted_proxy_hops_default_one_on_a_space_only(monkeypatch):
@@ -236,11 +236,11 @@ def test_install_refuses_an_unbounded_editor():
     with gr.Blocks() as demo:
         gr.Sketchpad()
     with pytest.raises(TypeError, match="unbounded"):
-        guard.install(demo)
+        bounds.install(demo)
 
 
 def test_home_secret_is_made_once(tmp_path):
     path = tmp_path / "home" / "identity.key"
-    first = guard.home_secret(path)
-    assert len(first) == 32 and guard.home_secret(path) == first
+    first = bounds.home_secret(path)
+    assert len(first) == 32 and bounds.home_secret(path) == first
     assert path.stat().st_mode & 0o777 == 0o600

@@ -19,8 +19,11 @@ from fake_hub import Repo
 from huggingface_hub import HfApi
 from PIL import Image
 
-from dadc import files, hub_layout, hub_migrate, hub_restore
-from dadc.hubsync import HubSync
+from dadc import files
+from dadc.hub import layout as hub_layout
+from dadc.hub import migrate as hub_migrate
+from dadc.hub import restore as hub_restore
+from dadc.hub.sync import HubSync
 from dadc.store import FlagStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +71,7 @@ def test_one_shard_per_push_and_load_dataset_decodes_images_and_labels(tmp_path,
     ids = []
     for p in range(3):  # three pushes of 10 flags (one with a canvas) and a vote
         ids += [flag(store, 10 * p + k, canvas=k == 0) for k in range(10)]
-        store.validate(ids[-1], "voter", p != 1)
+        store.vote(ids[-1], "voter", p != 1)
         assert sync.pending() == 11
         assert push(sync) is not None and sync.pending() == 0
     r = store.replica
@@ -151,7 +154,7 @@ def test_many_small_pushes_are_merged_into_few_shards_and_lose_nothing(tmp_path,
     """A Space pushing every few seconds for months: the shards are merged as they pile up (MERGE of
     one size class into one), so 100 pushes leave a handful, with every row once, in order; a merge
     whose record was lost is redone without a duplicate; a fresh home restores it all."""
-    from dadc import hub_push
+    from dadc.hub import push as hub_push
 
     monkeypatch.setattr(hub_push, "MERGE", 3)
     store = FlagStore(tmp_path / "a")
@@ -160,7 +163,7 @@ def test_many_small_pushes_are_merged_into_few_shards_and_lose_nothing(tmp_path,
     for k in range(100):  # 100 pushes of one flag (every 7th with a vote)
         ids.append(flag(store, k))
         if k % 7 == 0:
-            store.validate(ids[k // 2], f"voter{k}", True)
+            store.vote(ids[k // 2], f"voter{k}", True)
             votes += 1
         if k == 60:
             with monkeypatch.context() as m:  # the process dies between a commit and its record
@@ -211,9 +214,9 @@ def test_restore_from_shards_into_an_empty_home(tmp_path, fake_hub):
 def test_votes_keep_the_right_digit_and_the_admin_mark_through_the_hub(tmp_path, fake_hub):
     a = FlagStore(tmp_path / "a")
     ids = [flag(a, k) for k in range(3)]
-    a.validate(ids[0], "v1", False, digit=7)
-    a.validate(ids[0], "v2", False, digit=7)
-    a.validate(ids[1], "ada", True, admin=True)
+    a.vote(ids[0], "v1", False, digit=7)
+    a.vote(ids[0], "v2", False, digit=7)
+    a.vote(ids[1], "ada", True, admin=True)
     push(sync_for(a))
     fresh = FlagStore(tmp_path / "fresh")
     assert HubSync(fresh, DATASET, TOKEN).restore()["examples"] == 3
@@ -291,7 +294,7 @@ def test_migrate_rewrites_the_earlier_layout_and_both_restore(tmp_path, fake_hub
 
     old, upgraded = FlagStore(tmp_path / "old"), FlagStore(tmp_path / "upgraded")
     ids = [flag(old, k, canvas=k == 1) for k in range(4)] + [flag(upgraded, 7)]
-    old.validate(ids[1], "w", False)
+    old.vote(ids[1], "w", False)
     on_hub = {**old_layout(old), **old_layout(upgraded)}
     voter = "eeee00000005"  # a replica that only voted
     on_hub[f"data/{voter}/votes.jsonl"] = json.dumps({"id": ids[0], "session": "v", "agree": True, "time": "t"}).encode()

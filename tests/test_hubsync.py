@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc.hubsync import HubSync, model_card
-from dadc.registry import Registry
+from dadc.hub.sync import HubSync, model_card
+from dadc.rounds.registry import Registry
 from dadc.store import FlagStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_flags_land_in_a_private_repo_and_load_with_datasets(tmp_path, fake_hub,
 
     store = FlagStore(tmp_path)
     ids = [store.append(digit(k), k % 10, prediction=(k + 3) % 10, session="s") for k in range(6)]
-    store.validate(ids[0], "other", True)
+    store.vote(ids[0], "other", True)
     sync = start(syncs, store)
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 6), sync.status()
     assert fake_hub.repos[("dataset", DATASET)].private
@@ -159,7 +159,7 @@ def test_restore_into_an_empty_home_and_rounds_to_the_hub(tmp_path, fake_hub, sy
     old = FlagStore(tmp_path / "old")
     ids = [old.append(digit(k), k % 10, canvas=Image.new("RGBA", (50, 50)) if k == 0 else None, session="s")
            for k in range(5)]
-    old.validate(ids[1], "v", False)
+    old.vote(ids[1], "v", False)
     sync = start(syncs, old, model_repo=MODELS)
     round_dir = make_round(tmp_path / "old", 1)
     sync.push_round(round_dir, counts={"human examples": 5, "mnist examples": 60000})
@@ -237,7 +237,7 @@ def test_push_at_shutdown_from_a_process_that_just_exits(tmp_path, fake_hub):
 import numpy as np, time
 from PIL import Image
 from dadc.store import FlagStore
-from dadc.hubsync import HubSync
+from dadc.hub.sync import HubSync
 store = FlagStore({str(tmp_path)!r})
 sync = HubSync(store, {DATASET!r}, {TOKEN!r}, every=60).start()
 assert sync.status()["pending"] == 0

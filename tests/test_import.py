@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc import drawings, files, importer, preprocess
-from dadc.service import keepable
+from dadc.synth import drawings
+from dadc import files
+from dadc.campaign import importer
+from dadc import preprocess
+from dadc.store import keepable
 from dadc.store import FlagStore
 from test_app import huge_png
 from test_cli import assert_one_line_error, dadc
@@ -50,7 +53,7 @@ def test_folder_import_stores_each_drawing_as_the_app_would(tmp_path):
     by_pixels = {np.asarray(store.image(e)).tobytes(): e for e in got}
     for row in rows:
         with Image.open(src / row["file"]) as canvas:
-            pixels = importer.pixels_of(preprocess.to_mnist(canvas))  # the app's own preprocessing
+            pixels = preprocess.to_uint8(preprocess.to_mnist(canvas))  # the app's own preprocessing
             e = by_pixels[pixels.tobytes()]
             assert e.label == int(row["label"])
             assert (e.session, e.prediction, e.round) == ("import:drawn", -1, 0)

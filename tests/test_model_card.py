@@ -5,7 +5,7 @@ import json
 
 from huggingface_hub import ModelCard
 
-from dadc.model_card import model_card
+from dadc.hub.model_card import model_card
 
 METRICS = {
     "clean_acc": 0.9921, "robust_acc": 0.9512, "val_clean_acc": 0.9954, "val_robust_acc": 0.9633,

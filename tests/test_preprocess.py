@@ -5,7 +5,7 @@ from PIL import Image, ImageDraw
 
 from dadc import preprocess
 from dadc.preprocess import ALL_INK, BLANK, CanvasError, to_mnist
-from dadc.simulate import draw
+from dadc.synth.canvas import paste_mnist as draw
 
 
 def seven(size=(448, 448), box=(100, 80, 300, 380), width=36, fmt="RGBA", color=(0, 0, 0)):

@@ -138,14 +138,14 @@ def test_an_8000px_canvas_gets_a_clear_error_within_a_second(app, tmp_path):
 def studio_for(tmp_path, round0, monkeypatch):  # noqa: F811
     from dadc import config
     from dadc.config import RoundConfig
-    from dadc.service import Studio
+    from dadc.studio.service import Studio
 
     def make(**env):
         home = mnist_into(tmp_path / uuid.uuid4().hex)
         monkeypatch.setenv("DADC_HOME", str(home))
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        return Studio(config.from_env(), seed=round0, round_cfg=RoundConfig(**TINY))
+        return Studio(config.from_env(), round0=round0, round_cfg=RoundConfig(**TINY))
     return make
 
 
@@ -156,7 +156,7 @@ def canvas_of(mnist, i):  # noqa: F811
 
 
 def test_anonymous_budget_then_log_in(studio_for, mnist):  # noqa: F811
-    from dadc.service import StudioError, Visitor
+    from dadc.studio.service import StudioError, Visitor
 
     s = studio_for(DADC_FLAG_BUDGET="3", DADC_THRESHOLD="1000")
     for i in range(3):
@@ -168,7 +168,7 @@ def test_anonymous_budget_then_log_in(studio_for, mnist):  # noqa: F811
 
 
 def test_store_cap_refuses_with_nothing_half_written(studio_for, mnist):  # noqa: F811
-    from dadc.service import StudioError
+    from dadc.studio.service import StudioError
 
     s = studio_for(DADC_MAX_FLAGS="2", DADC_THRESHOLD="1000")
     s.flag(canvas_of(mnist, 0), 1, "a")
@@ -180,17 +180,17 @@ def test_store_cap_refuses_with_nothing_half_written(studio_for, mnist):  # noqa
 
 
 def test_vote_login(studio_for, mnist):  # noqa: F811
-    from dadc.service import StudioError, Visitor
+    from dadc.studio.service import StudioError, Visitor
 
     s = studio_for(DADC_VOTE_LOGIN="1", DADC_THRESHOLD="1000")
     r = s.flag(canvas_of(mnist, 0), 1, "anon-a")
     with pytest.raises(StudioError, match="Log in"):
-        s.verify(r["id"], True, "anon-b")
-    assert s.verify(r["id"], True, Visitor("bea", username="bea"))["agree"] == 1
+        s.vote(r["id"], True, "anon-b")
+    assert s.vote(r["id"], True, Visitor("bea", username="bea"))["agree"] == 1
 
 
 def test_token_is_scrubbed_before_the_message_is_cut():
-    from dadc.hubsync import HubStatus
+    from dadc.hub.sync import HubStatus
 
     token = "hf_" + "a" * 34
     log = HubStatus(token)

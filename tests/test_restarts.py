@@ -124,7 +124,7 @@ def test_verify_shows_the_canvas_with_the_home_outside_the_working_and_temp_fold
 
 
 def test_a_torn_history_line_is_repaired_and_kept_aside(tmp_path, round0):  # noqa: F811
-    from dadc.registry import Registry
+    from dadc.rounds.registry import Registry
 
     reg = Registry(tmp_path, round0)
     reg.record({"event": "rollback", "from": "round-000", "to": "round-000", "why": "test"})

@@ -17,8 +17,8 @@ import pytest
 from fake_hub import Repo
 from PIL import Image
 
-from dadc import hub_restore
-from dadc.hubsync import HubSync
+from dadc.hub import restore as hub_restore
+from dadc.hub.sync import HubSync
 from dadc.store import FIELDS, FlagStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_a_hostile_hub_restores_exactly_its_good_rows(tmp_path, fake_hub, caplog
     assert set(examples) == set(good)
     assert [examples[i].label for i in good] == [7, 0, 9, 1]
     assert (examples[good[0]].agree, examples[good[0]].disagree) == (1, 1)  # the cross-replica vote is kept
-    assert {v.id for v in store.validations()} == {good[0]}
+    assert {v.id for v in store.votes()} == {good[0]}
     # nothing outside DADC_HOME is named or read; no link anywhere in the store
     inside = home.resolve()
     for e in examples.values():

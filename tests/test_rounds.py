@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dadc import checkpoint, nets
+from dadc.model import checkpoint
+from dadc.model import nets
 from dadc.config import RoundConfig
-from dadc.registry import Predictor, Registry
-from dadc.retrain import RetrainJob
+from dadc.rounds.registry import Predictor, Registry
+from dadc.rounds.retrain import RetrainJob
 from dadc.store import FlagStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +37,11 @@ _TRAINED = []  # one round 0 per test session, shared by this file and test_app.
 
 def train_round0(out):
     """A small but real round 0: the fast net, 1 epoch of normal training on 6000 MNIST digits."""
-    from dadc import data
+    from dadc.model import mnist as data
 
     if _TRAINED:
         return _TRAINED[0]
-    from dadc.training import TrainConfig, train
+    from dadc.model.training import TrainConfig, train
 
     arrays = data.fetch(mnist_into(out.parent / "mnist-home"), log=lambda m: None)
     x, y = data.tensors(arrays, "train")
@@ -60,7 +61,7 @@ def round0(tmp_path_factory):
 @pytest.fixture
 def loop(tmp_path, round0):
     """(registry, predictor, store, job factory) on a fresh DADC_HOME with real MNIST."""
-    from dadc import data
+    from dadc.model import mnist as data
 
     home = mnist_into(tmp_path)
     registry = Registry(home, round0)
@@ -150,7 +151,7 @@ def test_zero_gpu_style_training_call_runs_in_a_forked_process(loop, monkeypatch
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from dadc import retrain
+    from dadc.rounds import retrain
 
     _REAL.append(retrain.fine_tune)
     callbacks = []
@@ -233,10 +234,10 @@ def test_verified_only_uses_examples_only_once_verified(loop):
     ids = [store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), session="a")
            for i in range(3)]
     assert eligible(store.examples(), cfg) == []
-    store.validate(ids[0], "b", True)
+    store.vote(ids[0], "b", True)
     assert eligible(store.examples(), cfg) == []  # one vote of two
-    store.validate(ids[0], "c", True)
-    store.validate(ids[1], "b", False)
+    store.vote(ids[0], "c", True)
+    store.vote(ids[1], "b", False)
     assert [r.id for r in eligible(store.examples(), cfg)] == [ids[0]]
     assert {r.id for r in eligible(store.examples(), RoundConfig())} == {ids[0], ids[2]}  # disputed one out
 

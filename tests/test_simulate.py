@@ -9,10 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from dadc import dashboard, drawings, examples, simulate
+from dadc.studio import dashboard
+from dadc.synth import drawings
+from dadc import examples
+from dadc.campaign import simulate
 from dadc.config import RoundConfig
-from dadc.model_card import model_card
-from dadc.registry import Registry
+from dadc.hub.model_card import model_card
+from dadc.rounds.registry import Registry
 from test_rounds import TINY, cli, mnist_into, round0  # noqa: F401 (fixtures)
 
 

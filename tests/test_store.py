@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dadc.export import export_dataset
+from dadc.campaign.export import export_dataset
 from dadc.store import FlagStore, human_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,17 +128,17 @@ def test_validations_are_appended_never_rewritten(tmp_path):
     store = FlagStore(tmp_path)
     i = store.append(digit(), 5)
     meta = (store.dir / "metadata.jsonl").read_bytes()
-    store.validate(i, "alice", True)
-    store.validate(i, "bob", True)
-    store.validate(i, "bob", False)  # bob changes his mind: a new row, the old one stays
+    store.vote(i, "alice", True)
+    store.vote(i, "bob", True)
+    store.vote(i, "bob", False)  # bob changes his mind: a new row, the old one stays
     assert (store.dir / "metadata.jsonl").read_bytes() == meta
     votes = [json.loads(line) for line in (store.dir / "votes.jsonl").read_text().splitlines()]
     assert [(v["session"], v["agree"]) for v in votes] == [("alice", True), ("bob", True), ("bob", False)]
-    assert len(store.validations()) == 3
+    assert len(store.votes()) == 3
     (ex,) = store.examples()
     assert (ex.agree, ex.disagree) == (1, 1)  # one vote per session, its latest
     with pytest.raises(ValueError):
-        store.validate("no-such-id", "alice", True)
+        store.vote("no-such-id", "alice", True)
 
 
 def test_64_threads_x_20_flags_give_exactly_1280_records(tmp_path):
@@ -327,7 +327,7 @@ def test_local_store_loads_with_datasets(tmp_path):
     canvas = Image.new("RGBA", (64, 64), (255, 255, 255, 255))
     ids = [store.append(digit(k), k % 10, canvas=canvas if k % 2 else None, prediction=(k + 1) % 10,
                         confidences=[0.1] * 10, session="s") for k in range(12)]
-    store.validate(ids[0], "v", True)  # votes.jsonl must not confuse the loader
+    store.vote(ids[0], "v", True)  # votes.jsonl must not confuse the loader
     for ds in (datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "flags" / "data"), split="train"),
                datasets.load_dataset(str(tmp_path / "flags"), split="train")):  # via the dataset card
         assert len(ds) == 12
@@ -345,7 +345,7 @@ def test_export_writes_parquet_train_validation(tmp_path):
     home, out = tmp_path / "home", tmp_path / "out"
     store = FlagStore(home)
     ids = [store.append(digit(k), k % 10, session="s") for k in range(40)]
-    store.validate(ids[0], "v", False)
+    store.vote(ids[0], "v", False)
     counts = export_dataset(home, out)
     assert counts["train"] + counts["validation"] == 40 and counts["validation"] >= 1
     assert sorted(p.name for p in (out / "data").iterdir()) == [
@@ -367,7 +367,7 @@ def test_export_writes_parquet_train_validation(tmp_path):
 def test_human_tensors(tmp_path):
     store = FlagStore(tmp_path)
     ids = [store.append(digit(k), k, session="s") for k in range(5)]
-    store.validate(ids[4], "v1", False)  # rejected by validators: left out of training
+    store.vote(ids[4], "v1", False)  # rejected by validators: left out of training
     x, y = human_tensors(tmp_path)
     assert tuple(x.shape) == (4, 1, 28, 28) and str(x.dtype) == "torch.float32" and str(y.dtype) == "torch.int64"
     assert float(x.min()) >= 0 and float(x.max()) <= 1

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dadc.evaluate import accuracy
-from dadc.training import TrainConfig, mix_human, one_cycle, train
+from dadc.model.evaluate import accuracy
+from dadc.model.training import TrainConfig, mix_human, one_cycle, train
 from synth import digits, tiny_net
 
 
@@ -46,7 +46,7 @@ def test_clean_and_adversarial_monitored_separately():
 
 
 def test_adversarial_training_makes_the_net_more_robust():
-    from dadc.evaluate import robust_accuracy
+    from dadc.model.evaluate import robust_accuracy
 
     x, y = digits(2000, seed=1)
     xt, yt = digits(300, seed=2)
@@ -130,7 +130,7 @@ def test_trades_trains_and_monitors_clean_and_adversarial():
 
 
 def test_ema_returns_the_averaged_weights():
-    from dadc.training import _ema_update
+    from dadc.model.training import _ema_update
 
     model = torch.nn.Linear(2, 1)
     ema = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
@@ -174,7 +174,8 @@ def test_validation_keeps_the_best_epoch():
 def test_augment_pool_and_training_with_it():
     import numpy as np
 
-    from dadc import augment, drawings
+    from dadc.synth import augment
+    from dadc.synth import drawings
 
     x, y = digits(40)
     canvas = augment.to_canvas(x[0, 0].numpy(), np.random.default_rng(0))
@@ -194,7 +195,8 @@ def test_augment_pool_and_training_with_it():
 def test_large_draws_an_mnist_digit_large_and_centred_and_reads_back_as_itself():
     import numpy as np
 
-    from dadc import augment, preprocess
+    from dadc.synth import augment
+    from dadc import preprocess
 
     yy, xx = np.mgrid[:28, :28]
     ring = np.clip(3 - np.abs(np.hypot((yy - 14) / 10, (xx - 14) / 7) * 10 - 8), 0, 1)  # an MNIST-like 0

@@ -94,19 +94,19 @@ def test_the_flagger_may_retract_and_nobody_else(app, mnist, tmp_path):  # noqa:
 
 def test_an_admin_decides_alone_and_a_space_trains_on_verified_only(tmp_path, round0, mnist, monkeypatch):  # noqa: F811
     from dadc import config
-    from dadc.service import Studio, Visitor
-    from dadc.simulate import draw
+    from dadc.studio.service import Studio, Visitor
+    from dadc.synth.canvas import paste_mnist as draw
     from test_rounds import TINY, mnist_into
 
     monkeypatch.setenv("DADC_HOME", str(mnist_into(tmp_path / "home")))
     monkeypatch.setenv("DADC_ADMINS", "ada")
     monkeypatch.setenv("DADC_THRESHOLD", "1000")
-    studio = Studio(config.from_env(), seed=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
+    studio = Studio(config.from_env(), round0=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
     id_ = studio.flag(draw(mnist["test_x"][0]), int(mnist["test_y"][0]), "anon-a")["id"]
-    assert studio.verify(id_, True, Visitor("ada", username="ada"))["verified"]  # one admin vote
+    assert studio.vote(id_, True, Visitor("ada", username="ada"))["verified"]  # one admin vote
     id2 = studio.flag(draw(mnist["test_x"][1]), int(mnist["test_y"][1]), "anon-b")["id"]
-    studio.verify(id2, True, "anon-c")
-    assert not studio.verify(id2, False, Visitor("ada", username="ada"))["verified"]  # the admin says no
+    studio.vote(id2, True, "anon-c")
+    assert not studio.vote(id2, False, Visitor("ada", username="ada"))["verified"]  # the admin says no
     assert studio.store.find(id2).disputed
 
     monkeypatch.delenv("DADC_VERIFIED_ONLY", raising=False)
@@ -121,13 +121,13 @@ def test_an_admin_decides_alone_and_a_space_trains_on_verified_only(tmp_path, ro
 def test_leaderboard_counts_verified_fooling_examples_and_is_opt_in_for_anonymous(tmp_path, round0, mnist,  # noqa: F811
                                                                                  monkeypatch):
     from dadc import config
-    from dadc.service import Studio, StudioError, Visitor
-    from dadc.simulate import draw
+    from dadc.studio.service import Studio, StudioError, Visitor
+    from dadc.synth.canvas import paste_mnist as draw
     from test_rounds import TINY, mnist_into
 
     monkeypatch.setenv("DADC_HOME", str(mnist_into(tmp_path / "home")))
     monkeypatch.setenv("DADC_THRESHOLD", "1000")
-    studio = Studio(config.from_env(), seed=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
+    studio = Studio(config.from_env(), round0=round0, round_cfg=config.RoundConfig(**TINY, votes=2))
     ada, anon = Visitor("ada", username="ada"), "anon-1234"
 
     def fool(who, i):  # a label the model does not say: a fooling example
@@ -138,7 +138,7 @@ def test_leaderboard_counts_verified_fooling_examples_and_is_opt_in_for_anonymou
 
     ids = [fool(ada, 0), fool(ada, 1), fool(anon, 2)]
     for voter in ("anon-v1", "anon-v2"):
-        studio.verify(ids[0], True, voter)
+        studio.vote(ids[0], True, voter)
     board = studio.dashboard()["leaders"]
     assert [row[:3] for row in board] == [["ada", 2, 1]]  # the anonymous flagger has not opted in
     assert board[0][3] == "50%"  # 1 verified fooling example of 2 drawings tried

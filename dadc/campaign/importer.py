@@ -1,0 +1,384 @@
+"""`python -m dadc import SOURCE`: bring drawings or another campaign's flags into this home's store.
+
+SOURCE is one of
+- a folder of canvases with labels.csv (columns file,label; others such as family,style ignored),
+  the format `python -m dadc simulate --make-drawings` and dadc/drawings.py write: each canvas goes
+  through the app's own preprocessing (preprocess.to_mnist) and is stored beside its 28x28, scaled
+  down as the app keeps canvases (store.keepable);
+- a parquet export of another campaign (`python -m dadc export OUT` writes OUT/data/*.parquet, a
+  `datasets` dataset), or one such .parquet file: its 28x28 `image` column is stored as it is (it
+  must decode to 28x28), with `label`, and `canvas`, `prediction`, `confidences`, `round` when there.
+  Votes and time stamps are not carried over (each imported row is a new flag of this home).
+
+Every row is untrusted input. A row that cannot be imported (missing file, not an image, label not
+0-9, a canvas the preprocessing cannot read or over MAX_INPUT_SIDE px a side, read from its header
+before decoding) is reported on stderr (the first MAX_SHOWN, then a summary by reason) and skipped.
+A row whose 28x28 pixels equal those of an example already in the store, or of an earlier row of
+this import, is a duplicate: skipped and counted. Imported rows get session "import:<source name>",
+prediction -1 unless the export had one, round as the export gives it, else 0.
+
+The import holds DADC_HOME/app.lock from start to end: it refuses to run beside an app serving the
+same home, and no app starts on the home mid-import. Every row is durable once appended (the store
+fsyncs it), so an interrupted import keeps what it imported; running it again skips those as
+duplicates.
+"""
+import hashlib
+import io
+import math
+import os
+import sys
+import warnings
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+import numpy as np
+from PIL import Image
+
+from .. import files
+from .. import preprocess
+from ..store import FlagStore, keepable
+from ..synth import labels
+
+MAX_SHOWN = 20        # bad rows reported one line each; the rest only counted
+MAX_NAME = 64         # characters of the source's name kept in the session
+MAX_DETAIL = 80       # characters of a row's file name or value quoted in a report
+MAX_ROUND = 10**6     # as hub_rows: far more rounds than any run makes
+WORKERS = 2           # threads reading and preprocessing rows (PIL and numpy release the GIL)
+APPENDERS = 4         # threads appending to the store (mostly waiting on fsync)
+COLUMNS = ("image", "canvas", "label", "prediction", "confidences", "round")
+
+
+class Bad(ValueError):
+    """A row that cannot be imported: `reason` counts it, the message says why (one short line)."""
+
+    def __init__(self, reason, message=None):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+@dataclass
+class Row:
+    pixels: np.ndarray            # uint8 [28, 28], white on black
+    label: int
+    canvas: Image.Image | None = None   # as the app keeps it (store.keepable)
+    prediction: int | None = None
+    confidences: list | None = None
+    round: int = 0
+
+
+def _quote(value):
+    """A value from a row, bounded, for a report: strings quoted, anything else as Python shows it."""
+    if not isinstance(value, str):
+        return repr(value)[:MAX_DETAIL]
+    return repr(value[:MAX_DETAIL] + ("..." if len(value) > MAX_DETAIL else ""))
+
+
+def _int(value, lo, hi, what):
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise Bad(f"{what} not {lo}-{hi}", f"{what} {_quote(value)} is not an integer {lo}-{hi}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise Bad(f"{what} not {lo}-{hi}", f"{what} {_quote(value)} is not an integer {lo}-{hi}")
+    return int(value)
+
+
+def _open(data_or_path, what):
+    """A lazily opened PIL image (header read only), refused when over MAX_INPUT_SIDE a side."""
+    try:
+        img = Image.open(data_or_path)
+    except FileNotFoundError:
+        raise Bad("missing file", f"{what} missing") from None
+    except Exception as e:  # UnidentifiedImageError, a decompression bomb, a truncated header...
+        raise Bad("not an image", f"{what}: not an image ({type(e).__name__})") from None
+    try:
+        preprocess.check_size(*img.size)
+    except preprocess.CanvasError as e:
+        img.close()
+        raise Bad("image too large", f"{what}: {e}") from None
+    return img
+
+
+def _load(img, what):
+    try:
+        img.load()
+    except Exception as e:  # a truncated or corrupt image body
+        raise Bad("not an image", f"{what}: not a readable image ({type(e).__name__}: "
+                                  f"{str(e)[:MAX_DETAIL]})") from None
+
+
+def compact(img):
+    """The same pixels in the narrowest of RGBA -> RGB/LA -> L that holds them exactly: drop an alpha
+    that is opaque everywhere, and colour where every pixel is grey. The Sketchpad's composite (and
+    drawings.render) is opaque RGBA with grey ink: stored as L it is ~30 % smaller and its PNG is
+    encoded 2-3x faster, which is most of an imported row's cost."""
+    if img.mode not in ("RGBA", "RGB", "LA"):
+        return img
+    arr = original = np.asarray(img)
+    if img.mode in ("RGBA", "LA") and arr[..., -1].min() == 255:
+        arr = arr[..., :-1]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    color = arr.ndim == 3 and arr.shape[2] in (3, 4)
+    if color and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+        arr = arr[..., [0, 3]] if arr.shape[2] == 4 else arr[..., 0]
+    if arr.shape == original.shape:
+        return img
+    return Image.fromarray(np.ascontiguousarray(arr))  # uint8 HxW, HxWx2, HxWx3: L, LA, RGB
+
+
+def key(pixels):
+    """The duplicate key of a 28x28: a digest of its exact pixels."""
+    return hashlib.blake2b(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), digest_size=16).digest()
+
+
+# --- a folder of drawings with labels.csv -------------------------------------------------------
+
+def drawing_rows(folder):
+    """[(where, file, label text)] of folder/labels.csv, read whole before anything is written."""
+    return [(f"labels.csv line {r['line']}", r.get("file"), r.get("label")) for r in labels.read(folder)]
+
+
+def read_drawing(folder, name, label):
+    """One labels.csv row as a Row, or Bad."""
+    label = _int(label, 0, 9, "label")
+    if not name or PurePath(name).is_absolute() or ".." in PurePath(name).parts:
+        raise Bad("file outside the folder", f"file {_quote(name)} is not a file inside the folder")
+    with _open(folder / name, f"file {_quote(name)}") as img:
+        _load(img, f"file {_quote(name)}")
+        try:
+            x = preprocess.to_mnist(img)
+        except preprocess.CanvasError as e:
+            raise Bad("unreadable canvas", f"file {_quote(name)}: unreadable canvas: {e}") from None
+        return Row(preprocess.to_uint8(x), label, canvas=keepable(img))  # small: rows in flight stay bounded
+
+
+# --- a parquet export ----------------------------------------------------------------------------
+
+def parquet_files(source):
+    """The .parquet files of SOURCE (itself, or every one under it), each checked to have the
+    columns of an export (image, label) before anything is written."""
+    import pyarrow.parquet as pq
+
+    paths = [source] if source.is_file() else sorted(p for p in source.rglob("*.parquet") if p.is_file())
+    out = []
+    for path in paths:
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable parquet file ({type(e).__name__}: {e})") from None
+        names = pf.schema_arrow.names
+        if not {"image", "label"} <= set(names):
+            raise ValueError(f"{path} has no image and label columns: not an export of `python -m dadc export` "
+                             f"(columns: {', '.join(names[:12])})")
+        out.append((path, pf, [c for c in COLUMNS if c in names]))
+    return out
+
+
+def parquet_rows(shards, source):
+    """(where, row dict) of every row of the shards, read a batch at a time (bounded memory)."""
+    for path, pf, columns in shards:
+        rel = path.name if path == source else path.relative_to(source).as_posix()
+        n = 0
+        for batch in pf.iter_batches(batch_size=256, columns=columns):
+            for row in batch.to_pylist():
+                yield f"{rel} row {n}", row
+                n += 1
+
+
+def _image_bytes(value, what):
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if not isinstance(value, (bytes, bytearray)) or not value:
+        raise Bad(f"no {what}", f"{what} has no embedded image bytes")
+    return bytes(value)
+
+
+def read_exported(row):
+    """One exported row as a Row, or Bad. The 28x28 is used as it is."""
+    label = _int(row.get("label"), 0, 9, "label")
+    data = _image_bytes(row.get("image"), "image")
+    with _open(io.BytesIO(data), "image column") as img:
+        if img.size != (28, 28):
+            raise Bad("image not 28x28", f"image is {img.size[0]}x{img.size[1]}, not 28x28")
+        _load(img, "image column")
+        pixels = np.asarray(preprocess.eight_bit(img).convert("L"), dtype=np.uint8)
+    prediction = row.get("prediction")
+    prediction = None if prediction is None or prediction == -1 else _int(prediction, 0, 9, "prediction")
+    confidences = row.get("confidences")
+    if confidences is not None:
+        if not (isinstance(confidences, list) and len(confidences) == 10 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
+                for v in confidences)):
+            raise Bad("bad confidences", f"confidences {_quote(confidences)} are not 10 probabilities")
+        confidences = [float(v) for v in confidences]
+    round_ = row.get("round")
+    round_ = 0 if round_ is None else _int(round_, 0, MAX_ROUND, "round")
+    canvas = None
+    raw = row.get("canvas")
+    raw = raw.get("bytes") if isinstance(raw, dict) else raw
+    if raw and bytes(raw) != data:  # the export repeats the 28x28 where no canvas was kept
+
+        with _open(io.BytesIO(bytes(raw)), "canvas column") as img:
+            _load(img, "canvas column")
+            canvas = keepable(img)
+    return Row(pixels, label, canvas, prediction, confidences, round_)
+
+
+# --- the import ------------------------------------------------------------------------------------
+
+def detect(source):
+    """("drawings" | "parquet", what to read) for SOURCE, or ValueError when it is neither."""
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f"SOURCE {source} does not exist")
+    if source.is_dir() and (source / "labels.csv").is_file():
+        return "drawings", drawing_rows(source)
+    if (source.is_file() and source.suffix == ".parquet") or source.is_dir():
+        shards = parquet_files(source)
+        if shards:
+            return "parquet", shards
+    raise ValueError(f"SOURCE {source} is neither a folder of drawings with labels.csv (columns file,label) "
+                     "nor a parquet export (`python -m dadc export OUT` writes OUT/data/*.parquet)")
+
+
+def session_name(source):
+    name = "".join(c if c.isprintable() else "?" for c in Path(source).resolve().name)[:MAX_NAME]
+    return f"import:{name}"
+
+
+def _prefetched(fn, items, workers=WORKERS, window=32):
+    """(item, fn(item) or the exception it raised), in order, computed by `workers` threads at most
+    `window` items ahead (PIL and numpy release the GIL: decoding overlaps the store's fsyncs)."""
+    def call(item):
+        try:
+            return fn(item), None
+        except Exception as e:
+            return None, e
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        for item in items:
+            pending.append((item, pool.submit(call, item)))
+            if len(pending) >= window:
+                it, fut = pending.popleft()
+                yield (it, *fut.result())
+        while pending:
+            it, fut = pending.popleft()
+            yield (it, *fut.result())
+
+
+def append(store, row, session):
+    """Store one row (its canvas in compact form: made only for a row that is not a duplicate)."""
+    canvas = None if row.canvas is None else compact(row.canvas)
+    return store.append(row.pixels, row.label, canvas=canvas, prediction=row.prediction,
+                        confidences=row.confidences, round=row.round, session=session)
+
+
+def run(source, home, max_flags=None, err=None):
+    """Import SOURCE into the store under `home`. Returns {"imported", "duplicates", "bad", "source",
+    "format", ...}. ValueError for a SOURCE that is neither format; files.Busy (with a message for
+    the person) when an app holds the home's app.lock."""
+    from tqdm.auto import tqdm
+
+
+    err = err or sys.stderr
+    source, home = Path(source), Path(home)
+    kind, what = detect(source)  # before anything under home is touched
+    if kind == "drawings":
+        total, rows = len(what), ((where, (name, label)) for where, name, label in what)
+        read = lambda item: read_drawing(source, *item)  # noqa: E731
+    else:
+        total = sum(pf.metadata.num_rows for _, pf, _ in what)
+        rows, read = parquet_rows(what, source), read_exported
+    if home.exists() and not home.is_dir():
+        raise ValueError(f"DADC_HOME {home} is not a directory")
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = files.hold_app(home)  # an app serving this home holds it; none starts while we do
+    except files.Busy as e:
+        raise files.Busy(f"an app is running on DADC_HOME {home} ({e}): stop it first, or import into "
+                         "another home") from None
+    try:
+        store = FlagStore(home)
+        seen, stored = set(), 0
+        for example in store.examples():
+            stored += 1
+            try:
+                seen.add(key(np.asarray(store.image(example), dtype=np.uint8)))
+            except OSError:
+                pass  # an unreadable stored image cannot be duplicated anyway
+        session = session_name(source)
+        counts = Counter()
+        reasons = Counter()
+        bar = tqdm(total=total, desc=f"importing {source.name}"[:40], unit="row", file=err, mininterval=0.5)
+
+        def report(where, reason, why):
+            counts["bad"] += 1
+            reasons[reason] += 1
+            if counts["bad"] <= MAX_SHOWN:
+                bar.write(f"bad row: {where}: {why}", file=err)
+
+        def settle(where, k, done):
+            try:
+                done.result()
+            except ValueError as e:  # the store's own checks (StoreError, a full disk, is not one)
+                seen.discard(k)
+                report(where, "refused by the store", str(e)[:MAX_DETAIL])
+                return
+            counts["imported"] += 1
+
+        # rows are read (and preprocessed) by WORKERS threads ahead of this loop, which decides in
+        # source order what is a duplicate; the appends run on APPENDERS threads, so that the
+        # store's fsyncs (4 a row, in two rounds) overlap instead of queueing (FlagStore is safe for many threads)
+        pending = deque()
+        with warnings.catch_warnings(), ThreadPoolExecutor(APPENDERS) as writers:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked from the header
+            try:
+                for (where, _), row, e in _prefetched(lambda item: read(item[1]), rows):
+                    bar.update(1)
+                    while pending and (len(pending) >= 4 * APPENDERS or pending[0][2].done()):
+                        settle(*pending.popleft())
+                    if e is not None:
+                        if isinstance(e, Bad):
+                            report(where, e.reason, str(e))
+                        else:  # anything else a broken file can make a decoder raise
+                            report(where, "unreadable", f"{type(e).__name__}: {str(e)[:MAX_DETAIL]}")
+                        continue
+                    k = key(row.pixels)
+                    if k in seen:
+                        counts["duplicates"] += 1
+                        continue
+                    if max_flags is not None and stored + counts["imported"] + len(pending) >= max_flags:
+                        counts["over_cap"] += 1
+                        continue
+                    seen.add(k)
+                    pending.append((where, k, writers.submit(append, store, row, session)))
+                while pending:
+                    settle(*pending.popleft())
+            except Exception as e:  # e.g. StoreError: a full or read-only disk
+                for _, _, done in pending:
+                    done.cancel()
+                for _, _, done in pending:  # what was written before the error still counts
+                    if not done.cancelled() and done.exception() is None:
+                        counts["imported"] += 1
+                bar.close()
+                raise RuntimeError(f"{e} ({counts['imported']} rows were imported before that; importing "
+                                   "again skips them as duplicates)") from None
+        bar.close()
+    finally:
+        os.close(lock)
+    if counts["bad"] > MAX_SHOWN:
+        print(f"... and {counts['bad'] - MAX_SHOWN} more bad rows", file=err)
+    if counts["bad"]:
+        print("bad rows by reason: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common()), file=err)
+    if counts["over_cap"]:
+        print(f"the store is full (DADC_MAX_FLAGS={max_flags}): {counts['over_cap']} rows not imported", file=err)
+    out = {"imported": counts["imported"], "duplicates": counts["duplicates"], "bad": counts["bad"],
+           "source": str(source), "format": kind, "session": session}
+    if counts["over_cap"]:
+        out["over_cap"] = counts["over_cap"]
+    return out

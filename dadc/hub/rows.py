@@ -1,0 +1,288 @@
+"""Rows downloaded from the Hub are untrusted input (anyone with write access to the dataset repo
+wrote them): check each one before the store adopts it (store.fill_replica). A good row is
+rewritten as canonical JSON of our own; a bad one is skipped, logged one line (logger
+"dadc.restore") and counted by reason. Two layouts come down (layout.py): a replica's parquet
+shards (Shards: the images inside each row, as PNG bytes) and the earlier folders (Folder: ROWS and
+VOTES, images under images/). Both give the same canonical rows, images checked the same way."""
+import io
+import json
+import logging
+import math
+import os
+import re
+import stat
+from pathlib import Path
+
+from PIL import Image
+
+from ..store import MAX_SESSION, ROWS, VOTES
+
+HEX_ID = re.compile(r"[0-9a-f]{1,64}")  # an id as FlagStore.append makes it (uuid4 hex); it names the row's images
+MAX_CANVAS = 4096    # pixels a side of a restored canvas (the app refuses larger drawings too)
+MAX_TIME = 64        # characters of a restored time stamp (ours are 20)
+MAX_ROUND = 10**6    # far more rounds than any run makes; keeps the export's int64 column safe
+MAX_ROW_GROUP = 512 * 2**20  # bytes a parquet row group may claim (ours: 1,000 rows of <= 256 px canvases)
+
+log = logging.getLogger("dadc.restore")
+
+# --- checking rows restored from the Hub (untrusted: anyone with write access to the repo) -----
+
+class _Skip(ValueError):
+    """A downloaded row that must not enter the store: `reason` is its count key, `detail` the log's."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _skip(skipped, path, n, e):
+    skipped[e.reason] += 1
+    detail = repr(e.detail)[:80] if e.detail != "" else ""  # bounded: a row may hold 10,000 characters
+    log.warning("restore: skipped row %d of %s/%s: %s %s", n, path.parent.name, path.name, e.reason, detail)
+
+
+def _lines(path):
+    """(line number, bytes) of the non-blank lines of a downloaded JSON-lines file; none unless it
+    is a regular file (a symlink could point anywhere on this machine)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return []
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+
+
+def _object(line):
+    try:
+        row = json.loads(line)
+    except ValueError:  # also bad UTF-8
+        raise _Skip("not JSON", line[:40]) from None
+    if not isinstance(row, dict):
+        raise _Skip("not a JSON object", row)
+    return row
+
+
+def _int(row, key, lo, hi):
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:  # True is an int
+        raise _Skip(f"bad {key}", value)
+    return value
+
+
+def _text(row, key, most):
+    value = row.get(key)
+    if not isinstance(value, str) or len(value) > most:
+        raise _Skip(f"bad {key}", value)
+    return value
+
+
+def _confidences(row):
+    value = row.get("confidences")
+    if not (isinstance(value, list) and len(value) == 10 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
+            for v in value)):
+        raise _Skip("bad confidences", value)
+    return [float(v) for v in value]
+
+
+def _checked_fields(row, id_):
+    """The fields every restored row has, whatever the layout, checked; canonical."""
+    return {"label": _int(row, "label", 0, 9), "prediction": _int(row, "prediction", -1, 9),
+            "confidences": _confidences(row), "round": _int(row, "round", 0, MAX_ROUND),
+            "time": _text(row, "time", MAX_TIME), "session": _text(row, "session", MAX_SESSION), "id": id_}
+
+
+def _checked_id(row, seen):
+    """The row's id; a duplicate if the store or an earlier row has it (the first one wins), checked
+    before the images (the first row's may have been moved into the store already)."""
+    id_ = row.get("id")
+    if not (isinstance(id_, str) and HEX_ID.fullmatch(id_)):
+        raise _Skip("bad id", id_)
+    if id_ in seen:
+        raise _Skip("duplicate id", id_)
+    return id_
+
+
+def _restored_row(line, src, seen):
+    """One metadata line of the earlier layout as (the canonical row we write, {image name: file}),
+    or _Skip. The image names are the only ones append() makes, images/<id>.png and
+    images/<id>-canvas.png (or the 28x28 again), so no other path on this machine can be named; the
+    images must be there and decode."""
+    row = _object(line)
+    id_ = _checked_id(row, seen)
+    file_name = f"images/{id_}.png"
+    if row.get("file_name") != file_name:
+        raise _Skip("bad file_name", row.get("file_name"))
+    if row.get("canvas_file_name") not in (file_name, f"images/{id_}-canvas.png"):
+        raise _Skip("bad canvas_file_name", row.get("canvas_file_name"))
+    out = {"file_name": file_name, "canvas_file_name": row["canvas_file_name"], **_checked_fields(row, id_)}
+    images = {file_name: _image_file(src, file_name)}
+    if _png_size(images[file_name], 28, "image") != (28, 28):
+        raise _Skip("image not 28x28", file_name)
+    if out["canvas_file_name"] != file_name:
+        images[out["canvas_file_name"]] = _image_file(src, out["canvas_file_name"])
+        _png_size(images[out["canvas_file_name"]], MAX_CANVAS, "canvas")
+    return out, images
+
+
+def _shard_row(row, seen):
+    """One parquet row of the shard layout as (the canonical row we write, {image name: PNG bytes}),
+    or _Skip: the images come inside the row, checked as the earlier layout's files are. A canvas
+    equal to the 28x28 is the 28x28 itself (no canvas was kept)."""
+    id_ = _checked_id(row, seen)
+    fields = _checked_fields(row, id_)
+    image, canvas = _png_bytes(row, "image"), _png_bytes(row, "canvas")
+    file_name = f"images/{id_}.png"
+    canvas_name = file_name if canvas == image else f"images/{id_}-canvas.png"
+    out = {"file_name": file_name, "canvas_file_name": canvas_name, **fields}
+    if _png_size(io.BytesIO(image), 28, "image", file_name) != (28, 28):
+        raise _Skip("image not 28x28", file_name)
+    if canvas_name != file_name:
+        _png_size(io.BytesIO(canvas), MAX_CANVAS, "canvas", canvas_name)
+    return out, {file_name: image, canvas_name: canvas}
+
+
+def _png_bytes(row, key):
+    """The PNG bytes of an Image column's value ({"bytes": ..., "path": ...} as `datasets` writes it)."""
+    value = row.get(key)
+    data = value.get("bytes") if isinstance(value, dict) else None
+    if not isinstance(data, bytes) or not data:
+        raise _Skip(f"{key} missing", type(value).__name__)
+    return data
+
+
+def _image_file(src, name):
+    """src/<name> if it is a regular file in src/images itself: no symlink on the way."""
+    images, path = src / "images", src / name
+    try:
+        if not (stat.S_ISDIR(os.lstat(images).st_mode) and stat.S_ISREG(os.lstat(path).st_mode)):
+            raise _Skip("image not a regular file", name)
+    except FileNotFoundError:
+        raise _Skip("image missing", name) from None
+    return path
+
+
+def _png_size(src, max_side, what, name=None):
+    """The PNG's (width, height) once all its pixels decoded (src: a file or a BytesIO). The
+    header's size is checked first, so a small file that claims 8000x8000 is refused before a pixel
+    of it is decoded."""
+    name = name or src.name
+    try:
+        with Image.open(src, formats=["PNG"]) as img:
+            if max(img.size) > max_side:
+                raise _Skip(f"{what} over {max_side} px", f"{img.size[0]}x{img.size[1]} {name}")
+            img.load()
+            return img.size
+    except _Skip:
+        raise
+    except Image.DecompressionBombError:  # PIL's own limit, from the header too
+        raise _Skip(f"{what} over {max_side} px", name) from None
+    except Exception as e:  # PIL raises many kinds on hostile bytes (OSError, SyntaxError, ValueError...)
+        raise _Skip(f"{what} unreadable", f"{type(e).__name__} {name}") from None
+
+
+def _vote(row, known):
+    """A vote (a dict, from either layout) as the canonical one we write, or _Skip. `known`: the
+    flag ids a vote may name; None: any well-formed id (a conversion, checked again at restore)."""
+    id_ = row.get("id")
+    if not (isinstance(id_, str) and (id_ in known if known is not None else HEX_ID.fullmatch(id_))):
+        raise _Skip("unknown id", id_)
+    if not isinstance(row.get("agree"), bool):
+        raise _Skip("bad agree", row.get("agree"))
+    digit = row.get("digit")
+    if digit is not None and (type(digit) is not int or not 0 <= digit <= 9 or row["agree"]):
+        raise _Skip("bad digit", digit)
+    if row.get("admin") not in (None, True, False):
+        raise _Skip("bad admin", row.get("admin"))
+    return {"id": id_, "session": _text(row, "session", MAX_SESSION), "agree": row["agree"],
+            "time": _text(row, "time", MAX_TIME), **({"digit": digit} if digit is not None else {}),
+            **({"admin": True} if row.get("admin") is True else {})}
+
+
+def _good_rows(items, check, known, skipped):
+    """(canonical row, images) for each good one of `items` ((file, number, item)), in order; the
+    bad ones logged and counted in `skipped`. An id the store (`known`) or an earlier item already
+    has is a duplicate: the first one wins."""
+    seen = set(known)
+    for where, n, item in items:
+        try:
+            row, images = check(item, seen)
+        except _Skip as e:
+            _skip(skipped, where, n, e)
+            continue
+        seen.add(row["id"])
+        yield row, images
+
+
+def _good_votes(items, check, skipped):
+    good = []
+    for where, n, item in items:
+        try:
+            good.append(check(item))
+        except _Skip as e:
+            _skip(skipped, where, n, _Skip(f"vote: {e.reason}", e.detail))
+    return good
+
+
+def _parquet_rows(path, skipped):
+    """(path, row number, row dict) of each row of a downloaded parquet shard, a batch at a time. A
+    shard that is no regular file, claims row groups over MAX_ROW_GROUP bytes or is not readable
+    parquet is skipped (its rows, unread, count once)."""
+    import pyarrow.parquet as pq  # only a restore or a migration reads parquet
+
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise _Skip("shard not a regular file", path.name)
+        with pq.ParquetFile(path) as f:
+            meta = f.metadata
+            if any(meta.row_group(i).total_byte_size > MAX_ROW_GROUP for i in range(meta.num_row_groups)):
+                raise _Skip("shard row group too large", path.name)
+            n = 0
+            for batch in f.iter_batches(batch_size=256):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield path, n, row
+    except _Skip as e:
+        _skip(skipped, path, 0, e)
+    except Exception as e:  # pyarrow raises many kinds on hostile bytes
+        _skip(skipped, path, 0, _Skip("shard unreadable", f"{type(e).__name__} {path.name}"))
+
+
+class Folder:
+    """A downloaded replica folder of the earlier layout: data/<replica>/ with metadata.jsonl,
+    votes.jsonl and images/*.png."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.name = self.path.name
+
+    def rows(self, known, skipped):
+        """(canonical row, {image name: downloaded file}) for each good row, in order."""
+        if self.path.is_symlink() or not self.path.is_dir():
+            return iter(())
+        items = ((self.path / ROWS, n, line) for n, line in _lines(self.path / ROWS))
+        return _good_rows(items, lambda line, seen: _restored_row(line, self.path, seen), known, skipped)
+
+    def votes(self, known, skipped):
+        """The good votes, canonical."""
+        items = [(self.path / VOTES, n, line) for n, line in _lines(self.path / VOTES)]
+        return _good_votes(items, lambda line: _vote(_object(line), known), skipped)
+
+
+class Shards:
+    """The downloaded parquet shards of one replica: data/<replica>/*.parquet (flags) and
+    votes/<replica>/*.parquet, read in the order they were pushed (their names: first row)."""
+
+    def __init__(self, name, flag_files, vote_files):
+        self.name = name
+        self.flag_files, self.vote_files = sorted(flag_files), sorted(vote_files)
+
+    def rows(self, known, skipped):
+        """(canonical row, {image name: PNG bytes}) for each good row, in order."""
+        items = (item for path in self.flag_files for item in _parquet_rows(path, skipped))
+        return _good_rows(items, _shard_row, known, skipped)
+
+    def votes(self, known, skipped):
+        items = [item for path in self.vote_files for item in _parquet_rows(path, skipped)]
+        return _good_votes(items, lambda row: _vote(row, known), skipped)

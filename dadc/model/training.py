@@ -1,0 +1,295 @@
+"""Normal and PGD adversarial training, with seed 003's semantics, plus human examples mixed in.
+
+Per batch (seed 003, Madry et al.): the first (1 - fraction) of the batch stays clean, the rest is
+attacked with the model in eval mode; clean and adversarial examples then go through the model in
+ONE forward pass in train mode (so batch norm sees both), and the loss
+    (1 - fraction) * clean_loss + fraction * adversarial_loss
+is the plain mean over the batch. Clean and adversarial loss and error are monitored separately.
+
+Options for a stronger round-000 (issue 14), each off by default so the recipe above is unchanged:
+  loss="trades"  TRADES (Zhang et al. 2019): the attacked tail's loss is CE(f(x), y) + beta * KL(f(x) || f(x')),
+                 x' maximising that KL (attacks.trades_attack, eval mode); clean and attacked in one pass
+  ema=D          an exponential moving average of the weights (decay D); the model returned is the average
+  augment=F      a fraction F of each batch replaced by canvas-rendered examples from a pool built once
+                 (dadc.augment: MNIST digits drawn onto the app's canvas and read back by dadc.preprocess,
+                 and optionally dadc.drawings' mouse-drawn digits): no per-batch rendering cost
+  steps_late=K   PGD-K instead of PGD-`steps` over the last `late` fraction of training
+  validate=fn    train(..., validate=fn): fn(model) -> {"score": ...} after every epoch, on the weights
+                 that would be returned; the best-scoring epoch's weights are kept (selection on a
+                 validation slice the caller held out of MNIST train, never on the test set)
+
+Why it is fast on a CPU: the data stays in tensors (no DataLoader), the attack computes only the
+input gradient, and metrics stay on the device until a progress update (no per-step .item()).
+"""
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attacks import fgsm, pgd, trades_attack
+
+
+@dataclass
+class TrainConfig:
+    net: str = "fast"
+    epochs: float = 10          # may be fractional: a round can train for part of an epoch
+    batch_size: int = 100
+    lr: float = 5e-3            # peak learning rate of the one-cycle schedule (Adam)
+    warmup: float = 0.4         # fraction of training spent ramping the learning rate up
+    attack: str = "pgd"         # "pgd", "fgsm" (with random start) or "none" (normal training)
+    eps: float = 0.3
+    steps: int = 10             # PGD steps
+    alpha: float | None = None  # PGD step size; default 2.5 * eps / steps (Madry et al.)
+    fraction: float = 1.0       # fraction of each batch made adversarial; 0 is plain normal training
+    eps_ramp: float = 0.0       # fraction of training over which eps grows linearly from 0
+    human_weight: float = 1.0   # loss weight of a human example relative to an MNIST one
+    human_repeat: int = 1       # each human example appears this many times per epoch
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True            # bfloat16 autocast where the hardware does bf16 natively (see fast_bf16)
+    compile: bool = False       # torch.compile the net (pays off for long GPU runs)
+    loss: str = "ce"            # "ce" (Madry et al.) or "trades" (Zhang et al.; the attack maximises KL)
+    beta: float = 6.0           # TRADES' weight of the KL term
+    ema: float = 0.0            # decay of an exponential moving average of the weights; 0 = off
+    augment: float = 0.0        # fraction of each batch taken from the canvas-rendered pool; 0 = off
+    augment_n: int = 5000       # MNIST train digits rendered through the canvas into the pool (~10 ms each)
+    augment_drawings: int = 0   # dadc.drawings digits per family added to the pool
+    steps_late: int = 0         # PGD steps over the last `late` of training; 0 = `steps` throughout
+    late: float = 0.25          # fraction of training (at the end) that uses steps_late
+
+    def check(self):
+        if self.attack not in ("pgd", "fgsm", "none"):
+            raise ValueError(f"unknown attack {self.attack!r}; choose pgd, fgsm or none")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {self.fraction}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.steps < 1:
+            raise ValueError("epochs, batch_size, lr and steps must be positive")
+        if self.human_weight < 0 or self.human_repeat < 1:
+            raise ValueError("human_weight must be >= 0 and human_repeat >= 1")
+        if self.loss not in ("ce", "trades"):
+            raise ValueError(f"unknown loss {self.loss!r}; choose ce or trades")
+        if self.loss == "trades" and (self.attack != "pgd" or self.beta < 0):
+            raise ValueError("loss trades needs attack pgd and beta >= 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema (a decay) must be in [0, 1), got {self.ema}")
+        if not 0 <= self.augment <= 1 or self.augment_n < 0 or self.augment_drawings < 0:
+            raise ValueError("augment must be in [0, 1], augment_n and augment_drawings >= 0")
+        if self.augment and self.augment_n + self.augment_drawings == 0:
+            raise ValueError("augment needs augment_n or augment_drawings > 0 (an empty pool)")
+        if self.steps_late < 0 or not 0 <= self.late <= 1:
+            raise ValueError("steps_late must be >= 0 and late in [0, 1]")
+        return self
+
+
+# Named recipes for `python -m dadc train --recipe NAME`: TrainConfig fields and train-command options
+# (val_n, eval_*); any flag given on the command line wins over the recipe.
+RECIPES = {
+    # the first round-000: Madry-style PGD-10 (cross-entropy) from random weights, eps ramped up
+    "v1": dict(net="fast", epochs=12, eps_ramp=0.15),
+    # issue 14's round-000: a v1 model (--init, required) fine-tuned with TRADES (beta 6), PGD-20 in the
+    # last quarter, EMA weights and a fifth of each batch through the canvas (MNIST digits redrawn, and
+    # mouse-drawn and font digits), then the metrics the issue asks for. Measured against training
+    # from scratch with the same options for 20 epochs (clean 98.6 %, PGD-40 95.5 %, AutoAttack 92.2 %):
+    # the fine-tune of v1 kept clean accuracy near v1's and reached AutoAttack 93.0 % (README).
+    "round0": dict(net="fast", epochs=4, lr=1e-3, warmup=0.2, loss="trades", beta=6.0, steps=10, steps_late=20,
+                   late=0.25, eps=0.3, eps_ramp=0.0, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=400,
+                   eval_n=10000, eval_aa_n=1000, eval_drawings_n=200),
+}
+
+
+def mix_human(x, y, human=None, weight=1.0, repeat=1):
+    """MNIST plus human examples: (x, y, per-example loss weights)."""
+    w = torch.ones(len(x))
+    if human is None:
+        return x, y, w
+    hx, hy = human
+    if len(hx) == 0:
+        raise ValueError("the human example set is empty")
+    if hx.shape[1:] != x.shape[1:] or len(hx) != len(hy):
+        raise ValueError(f"human examples must be [N,1,28,28] with N labels, got {tuple(hx.shape)} / {len(hy)}")
+    hx, hy = hx.repeat(repeat, 1, 1, 1), hy.repeat(repeat)
+    return torch.cat([x, hx]), torch.cat([y, hy]), torch.cat([w, torch.full((len(hx),), float(weight))])
+
+
+def fast_bf16(device) -> bool:
+    """Whether bfloat16 math is native here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def one_cycle(step, total, peak, warmup):
+    """Linear up to `peak` over the first `warmup` of training, then linearly down to 0."""
+    t = step / max(total, 1)
+    return peak * (t / warmup if t < warmup else (1 - t) / (1 - warmup))
+
+
+def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=True, validate=None):
+    """Train `model` in place on (x, y) [+ human examples]; returns the per-epoch history.
+
+    callback(done_steps, total_steps, metrics) is called at each progress update, e.g. for a UI.
+    validate(model) -> {"score": float, ...}, if given, runs after every epoch on the weights that
+    would be returned (the EMA's with cfg.ema); the model ends with the best-scoring epoch's weights.
+    """
+    cfg.check()
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    pool = None
+    if cfg.augment:  # built once, before the human examples join: MNIST digits through the canvas
+        from ..synth import augment
+        pool = [t.to(device) for t in augment.pool(x, y, cfg.augment_n, cfg.augment_drawings, seed=cfg.seed)]
+    x, y, w = mix_human(x, y, human, cfg.human_weight, cfg.human_repeat)
+    x, y, w = x.to(device), y.to(device), w.to(device)  # resident: no per-batch copies
+    model.to(device).train()
+    net = torch.compile(model) if cfg.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    alpha = cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and fast_bf16(device))
+    if device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC tensors
+        model.to(memory_format=torch.channels_last)
+
+    n, bs = len(x), cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    split = bs - int(round(cfg.fraction * bs)) if cfg.attack != "none" else bs  # clean | adversarial
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema else None
+    shadow = copy.deepcopy(model) if (ema is not None or validate) else None  # the weights to validate
+    best = None                                                                # (score, state_dict)
+    late_from = total - round(cfg.late * total) if cfg.steps_late else total + 1
+    history, step = [], 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    while step < total:
+        order = torch.randperm(n, generator=gen).to(device)
+        sums = torch.zeros(4, device=device)  # clean loss, clean errors, adversarial loss, adversarial errors
+        counts = [0, 0]                       # clean, adversarial examples seen
+        start = time.perf_counter()
+        for i in range(0, n, bs):
+            if step >= total:
+                break
+            idx = order[i:i + bs]
+            xb, yb, wb = x[idx], y[idx], w[idx]
+            if pool is not None:  # a random part of the batch from the canvas-rendered pool
+                take = torch.rand(len(idx), generator=gen) < cfg.augment
+                m = int(take.sum())
+                if m:
+                    pick = torch.randint(len(pool[0]), (m,), generator=gen).to(device)
+                    take = take.to(device)
+                    xb, yb, wb = xb.clone(), yb.clone(), wb.clone()
+                    xb[take], yb[take], wb[take] = pool[0][pick], pool[1][pick], 1.0
+            k = min(split, len(idx))
+            x_adv = None
+            if k < len(idx):  # attack the tail of the batch, in eval mode (inside the attack)
+                eps = cfg.eps * min(1.0, step / (cfg.eps_ramp * total)) if cfg.eps_ramp else cfg.eps
+                steps, a = (cfg.steps, alpha) if step < late_from else (
+                    cfg.steps_late, cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps_late)
+                with autocast:
+                    x_adv = _attack(net, xb[k:], yb[k:], eps, a, steps, cfg)
+                if cfg.loss == "ce":
+                    xb, x_adv = torch.cat([xb[:k], x_adv]), None
+            for group in optimizer.param_groups:
+                group["lr"] = one_cycle(step, total, cfg.lr, cfg.warmup)
+            if x_adv is None:
+                logits, losses = _update(net, optimizer, xb, yb, wb, autocast)
+            else:
+                logits, losses = _update_trades(net, optimizer, xb, x_adv, yb, wb, k, cfg.beta, autocast)
+            if ema is not None:
+                _ema_update(ema, model, cfg.ema, step)
+
+            with torch.no_grad():  # stays on the device: no sync until the next progress update
+                wrong = (logits.argmax(1) != yb).float()
+                sums += torch.stack([losses[:k].sum(), wrong[:k].sum(), losses[k:].sum(), wrong[k:].sum()])
+            counts[0] += k
+            counts[1] += len(idx) - k
+            step += 1
+            if step % 50 == 0 or step == total:
+                metrics = _metrics(sums, counts)
+                bar.set_postfix({k_: f"{v:.3f}" for k_, v in metrics.items()}, refresh=False)
+                if callback:
+                    callback(step, total, metrics)
+            bar.update(1)
+        seconds = time.perf_counter() - start
+        history.append({"epoch": len(history) + 1, **_metrics(sums, counts), "seconds": round(seconds, 2),
+                        "samples_per_s": round(sum(counts) / seconds, 1)})
+        if validate:
+            shadow.load_state_dict(ema if ema is not None else model.state_dict())
+            val = validate(shadow.eval())
+            history[-1]["val"] = val
+            if best is None or val["score"] > best[0]:
+                best = (val["score"], {k: v.detach().clone() for k, v in shadow.state_dict().items()})
+            model.train()
+    bar.close()
+    if best is not None:
+        model.load_state_dict(best[1])
+        history[[h.get("val", {}).get("score") for h in history].index(best[0])]["selected"] = True
+    elif ema is not None:
+        model.load_state_dict(ema)
+    model.eval()
+    return history
+
+
+def _ema_update(ema, model, decay, step):
+    """ema <- d * ema + (1 - d) * weights, with d warming up as (1 + step) / (10 + step)."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, v in zip(ema.values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(v, 1 - d)
+            else:
+                e.copy_(v)
+
+
+def _update(net, optimizer, x, y, w, autocast):
+    """One optimizer step on a batch, clean and adversarial together in train mode (so batch norm
+    sees both); the loss is the weighted mean. Returns the logits and per-example losses."""
+    with autocast:
+        logits = net(x)
+    losses = F.cross_entropy(logits.float(), y, reduction="none")
+    loss = (losses * w).sum() / w.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, losses
+
+
+def _update_trades(net, optimizer, x, x_adv, y, w, k, beta, autocast):
+    """TRADES: x (the whole batch) and x_adv (its attacked tail, x[k:]) in one forward pass in train
+    mode; an example's loss is CE(f(x), y), plus beta * KL(f(x) || f(x_adv)) for the attacked tail.
+    Returns the logits to monitor (clean head, adversarial tail) and the per-example losses."""
+    with autocast:
+        logits = net(torch.cat([x, x_adv])).float()
+    clean, adv = logits[:len(x)], logits[len(x):]
+    kl = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean[k:], dim=1), reduction="none").sum(1)
+    losses = F.cross_entropy(clean, y, reduction="none") + F.pad(beta * kl, (k, 0))
+    loss = (losses * w).sum() / w.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.cat([clean[:k], adv]), losses
+
+
+def _attack(net, x, y, eps, alpha, steps, cfg):
+    """The adversarial half of a batch: FGSM with random start, PGD whose step follows a ramped eps,
+    or (loss trades) the KL-maximising attack."""
+    if cfg.attack == "fgsm":
+        return fgsm(net, x, y, eps)
+    alpha = alpha * eps / cfg.eps if cfg.eps else 0
+    if cfg.loss == "trades":
+        return trades_attack(net, x, eps, alpha, steps)
+    return pgd(net, x, y, eps, alpha, steps)
+
+
+def _metrics(sums, counts):
+    s, (n_clean, n_adv) = sums.tolist(), counts
+    out = {}
+    if n_clean:
+        out.update(clean_loss=s[0] / n_clean, clean_err=s[1] / n_clean)
+    if n_adv:
+        out.update(adv_loss=s[2] / n_adv, adv_err=s[3] / n_adv)
+    return out

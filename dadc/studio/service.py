@@ -1,0 +1,275 @@
+"""Studio: everything the app does, as plain Python (no Gradio): predict, flag, verify, roll back,
+and the numbers the dashboard shows. Errors meant for the visitor are StudioError, whose message
+is safe to show; ui.py turns them into Gradio errors in one place.
+
+Lifecycle: Studio(settings) opens the store and the rounds (no network, no threads); start()
+restores from the Hub when one is configured, starts the Hub sync and any round already due;
+stop() makes the final push.
+"""
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dashboard
+from ..model import mnist as data
+from .. import files
+from .. import preprocess
+from ..model.checkpoint import CheckpointError
+from ..config import RoundConfig
+from ..examples import as_digit, eligible, round_number
+from .limits import FlagLimits
+from .visitors import Attempts, Nicknames
+from ..rounds.registry import ROUND0, Predictor, Registry
+from ..rounds.retrain import RetrainJob
+from ..store import FlagStore, StoreError, keepable
+
+SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
+
+
+class StudioError(Exception):
+    """A request that cannot be done, with a message for the person who asked."""
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who asks. `id` keys the limits, the votes and the store's `session` column: the HF username
+    when logged in, else an id the server derived from the client's address (never one the client
+    chose). A plain string stands for an anonymous visitor with that id."""
+    id: str
+    username: str | None = None  # set only by a Hugging Face OAuth login
+
+    @property
+    def anonymous(self):
+        return self.username is None
+
+
+def visitor(who):
+    return who if isinstance(who, Visitor) else Visitor(str(who))
+
+
+def check_digit(digit):
+    """The true digit: an int 0-9 (not a bool, float or string), else a clear error."""
+    if digit is None:
+        raise StudioError("Pick the true digit first.")
+    try:
+        return as_digit(digit)
+    except ValueError:
+        raise StudioError(f"Nothing stored: the true digit must be an integer 0-9, got {digit!r}.") from None
+
+
+class Studio:
+    def __init__(self, settings, round0=ROUND0, round_cfg=None, sync=None, mnist=None):
+        """sync: a function (store, registry) -> HubSync or None (None: local only). One Studio per
+        home: a second one (another app process on the same DADC_HOME) raises files.Busy."""
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self._home_lock = files.hold_app(settings.home)  # held until the process ends
+        except files.Busy as e:
+            raise files.Busy(f"another app is already running on DADC_HOME {settings.home}: {e}. "
+                             "Stop it, or give this one its own DADC_HOME.") from None
+        self.store = FlagStore(settings.home)
+        self.registry = Registry(settings.home, round0)
+        self.sync = sync(self.store, self.registry) if sync is not None else None
+        self.predictor = Predictor(self.registry)
+        self.cfg = round_cfg or RoundConfig.from_env()
+        self.job = RetrainJob(self.registry, self.predictor, self.store, settings.threshold, self.cfg,
+                              mnist=mnist or (lambda: data.fetch(settings.home, log=lambda m: None)),
+                              on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
+        self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
+        self.nicknames = Nicknames(settings.home / "nicknames.json")
+        self.limits = FlagLimits(settings, stored=self.store.count())
+        self.restoring = False  # the Hub restore is running (start())
+        self.counts = dashboard.Counts(self)  # the dashboard's counts, shared by all visitors
+
+    def start(self, background=True):
+        """Restore from the Hub (when one is configured) and start the Hub sync and any round due.
+        The restore runs in the background: the app serves at once (the local round, else
+        round-000) and swaps to the restored round when it is in; no round starts before it is
+        done, so the restored history says what earlier rounds used."""
+        if self.sync is None:
+            self.job.start()  # flags stored before a restart may already be due
+            return self
+        self.job.hold()
+        self.restoring = True
+        if background:
+            threading.Thread(target=self._restore, name="restore", daemon=True).start()
+        else:
+            self._restore()
+        return self
+
+    def _restore(self):
+        try:
+            got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
+            if got["rounds"] or self.registry.current() != self.predictor.round:
+                self.predictor.swap(self.registry.current())
+            self.limits.recount(self.store.count())
+        finally:
+            self.restoring = False
+            self.job.release()
+            self.sync.start()
+
+    def stop(self):
+        """Shut down within sum(SHUTDOWN_S) seconds: a running round stops at its next step, then the
+        final push. Safe to call twice (a signal, then atexit)."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
+        self.job.stop(timeout=SHUTDOWN_S[0])
+        if self.sync is not None:
+            self.sync.stop(timeout=SHUTDOWN_S[1])
+
+    def _changed(self):
+        if self.sync is not None:
+            self.sync.changed()
+
+    # --- draw and predict ---
+
+    def predict(self, canvas, session):
+        """(10 probabilities by digit, the 28x28 the model saw), or (the reason, None) when the
+        canvas holds no digit. Counts one attempt per drawing, not one per stroke."""
+        try:
+            x = preprocess.to_mnist(canvas)
+        except preprocess.CanvasError as e:
+            self.attempts.close(session)
+            return str(e), None
+        name, p = self.predictor.probs(x)
+        self.attempts.open(session, round_number(name))
+        return {str(d): float(p[d]) for d in range(10)}, x
+
+    # --- flag ---
+
+    def flag(self, canvas, digit, who):
+        """Store one flagged example; the receipt says whether it fooled the model."""
+        who = visitor(who)
+        digit = check_digit(digit)
+        try:
+            x = preprocess.to_mnist(canvas)
+        except preprocess.CanvasError as e:
+            raise StudioError(f"Nothing stored: {e}.") from None
+        refusal = self.limits.refusal(who)
+        if refusal:
+            raise StudioError(refusal)
+        name, p = self.predictor.probs(x)
+        prediction = int(p.argmax())
+        try:
+            id_ = self.store.append(x, digit, canvas=keepable(preprocess.pick(canvas)), prediction=prediction,
+                                    confidences=[float(v) for v in p], round=round_number(name), session=who.id)
+        except StoreError as e:
+            self.limits.unreserve()
+            raise StudioError(str(e)) from None
+        self.attempts.close(who.id)
+        self._changed()
+        if not self.cfg.verified_only:
+            self.job.notify()
+        return {"id": id_, "saved": True, "label": digit, "prediction": prediction, "fooled": prediction != digit,
+                "round": name, "message": self._receipt(name, digit, prediction, p[prediction])}
+
+    def _receipt(self, name, digit, prediction, confidence):
+        _, more = self.job.pending()
+        if self.job.running:
+            after = "a new round is training now"
+        else:
+            after = f"{more} more {'verified ' if self.cfg.verified_only else ''}until the next round"
+        r = round_number(name)
+        head = (f"You fooled round {r}: it said {prediction}" if prediction != digit
+                else f"Saved: round {r} said {prediction} ({confidence:.0%} sure)")
+        return f"{head}. {after}."
+
+    # --- verify ---
+
+    def next_to_vote(self, who):
+        """Someone else's example this visitor has not judged yet and nobody has decided, fewest
+        votes first; None if none."""
+        e = self.store.next_to_vote(visitor(who).id, self.cfg.votes)
+        return None if e is None else {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
+
+    def vote(self, id_, agree, who, digit=None):
+        """One vote per visitor and example (a later one replaces theirs), never on one's own; a
+        disagreeing voter may say which digit it is, and `votes` such corrections relabel it. An
+        admin's vote decides alone (Dynabench's validation)."""
+        who = visitor(who)
+        if self.settings.vote_login and who.anonymous:
+            raise StudioError("Log in with Hugging Face to vote.")
+        example = self._example(id_)
+        if example.session == who.id:
+            raise StudioError("You cannot verify your own example (you may retract it).")
+        if not isinstance(agree, bool):
+            raise StudioError(f"agree must be true or false, got {agree!r}.")
+        if digit is not None and (agree or isinstance(digit, bool) or digit not in range(10)):
+            raise StudioError("The right digit (0-9) goes only with a 'no' vote.")
+        self._cast(example, who, agree, digit)
+        example = self.store.find(id_)
+        return {"id": id_, "agree": example.agree, "disagree": example.disagree,
+                "verified": example.verified(self.cfg.votes), "corrected": example.corrected(self.cfg.votes),
+                "decided": example.decided(self.cfg.votes)}
+
+    def retract(self, id_, who):
+        """The flagger takes their own example back: it trains nothing and is asked of nobody."""
+        who = visitor(who)
+        example = self._example(id_)
+        if example.session != who.id:
+            raise StudioError("Only the person who flagged an example may retract it.")
+        self._cast(example, who, False, None)
+        return {"id": id_, "retracted": True}
+
+    def _example(self, id_):
+        example = self.store.find(id_) if isinstance(id_, str) else None
+        if example is None:
+            raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
+        return example
+
+    def _usable(self, example):
+        return bool(eligible([example], self.cfg))
+
+    def _cast(self, example, who, agree, digit):
+        try:
+            self.store.vote(example.id, who.id, agree, digit=digit, admin=self.is_admin(who))
+        except (StoreError, ValueError) as e:
+            raise StudioError(str(e)) from None
+        self._changed()
+        if self.cfg.verified_only and not self._usable(example) and self._usable(self.store.find(example.id)):
+            self.job.notify()  # it just became something a round may learn from
+
+    # --- rounds ---
+
+    def is_admin(self, who):
+        who = visitor(who)
+        return who.username is not None and who.username in self.settings.admins
+
+    def _require_admin(self, who, what):
+        # checked here, in the handler's path, so it holds however the event is called (API name,
+        # queue index, a hidden button): hiding a control is not a permission check
+        if not self.is_admin(who):
+            raise StudioError(f"Only an admin may {what} (log in with a Hugging Face account named in DADC_ADMINS).")
+
+    def rollback(self, name, who=None):
+        self._require_admin(who, "roll back the served round")
+        if self.job.running:
+            raise StudioError("A round is training: roll back when it has finished.")
+        try:
+            self.registry.rollback(name, why="asked on the dashboard or API")  # checks that it loads
+            self.predictor.swap(name)
+            self._changed()  # CURRENT and the history go to the Hub
+        except (ValueError, CheckpointError) as e:
+            raise StudioError(str(e)) from None
+        return {"serving": name}
+
+    def set_nickname(self, name, who):
+        """Opt in to the leaderboard under `name` (empty: opt out)."""
+        try:
+            return {"nickname": self.nicknames.set(visitor(who).id, name)}
+        except ValueError as e:
+            raise StudioError(str(e)) from None
+
+    def retrain_now(self, who=None):
+        self._require_admin(who, "start a retraining round")
+        return "Retraining started." if self.job.run_now() else "A round is already training."
+
+    # --- dashboard ---
+
+    def dashboard(self, who=None):
+        """The dashboard's numbers (dashboard.py); repo ids and error texts only for admins."""
+        return dashboard.numbers(self, self.is_admin(who))

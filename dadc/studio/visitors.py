@@ -1,0 +1,101 @@
+"""What the studio remembers of its visitors besides their flags: how many drawings each tried
+per round (Attempts, for the model error rate) and the nickname each chose for the leaderboard
+(Nicknames). Both are small JSON files in DADC_HOME with bounded memory."""
+import json
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .. import files
+
+MAX_SESSIONS = 10_000  # open drawings remembered (bounded memory)
+MAX_VISITORS = 100_000  # visitors whose attempts are counted and who may choose a nickname
+
+
+class Attempts:
+    """Attempts per round and per visitor, for the model error rate: one per drawing a person got a
+    prediction for (not one per stroke of live prediction). Kept in memory, saved to DADC_HOME every
+    few seconds. At most MAX_VISITORS visitors are counted (bounded memory; later ones are not)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._open = {}
+        self._saved = 0.0
+        try:
+            saved = json.loads(self.path.read_text())
+            saved = saved if "rounds" in saved else {"rounds": saved}  # the earlier format: rounds only
+            self._counts = Counter({int(k): int(v) for k, v in saved["rounds"].items()})
+            self._visitors = Counter({str(k): int(v) for k, v in saved.get("visitors", {}).items()})
+        except (OSError, ValueError, AttributeError, TypeError):
+            self._counts, self._visitors = Counter(), Counter()
+
+    def open(self, session, round_):
+        with self._lock:
+            if session not in self._open:
+                if len(self._open) >= MAX_SESSIONS:
+                    self._open.pop(next(iter(self._open)))
+                self._open[session] = round_
+                self._counts[round_] += 1
+                if session in self._visitors or len(self._visitors) < MAX_VISITORS:
+                    self._visitors[session] += 1
+        if time.monotonic() - self._saved > 5:
+            self.save()
+
+    def close(self, session):
+        with self._lock:
+            self._open.pop(session, None)
+
+    def counts(self):
+        with self._lock:
+            return dict(self._counts)
+
+    def by_visitor(self):
+        with self._lock:
+            return dict(self._visitors)
+
+    def save(self):
+        with self._lock:
+            text = json.dumps({"rounds": {str(k): v for k, v in self._counts.items()}, "visitors": self._visitors})
+            self._saved = time.monotonic()
+        try:
+            files.write_atomic(self.path, text)
+        except OSError:
+            pass  # a counter, not data: never fail a request for it
+
+
+class Nicknames:
+    """The names visitors chose for the leaderboard (opt-in: an anonymous visitor is never shown
+    without one). {visitor id: name} in DADC_HOME/nicknames.json."""
+
+    NAME = re.compile(r"[\w .\-]{1,24}")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._names = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            self._names = {}
+
+    def set(self, who, name):
+        """Show `who` as `name` (stripped; empty: not shown any more). A bad name: ValueError, with
+        a message for the visitor."""
+        name = str(name or "").strip()
+        if name and not self.NAME.fullmatch(name):
+            raise ValueError("A nickname is 1-24 letters, digits, spaces, dots, dashes or underscores.")
+        with self._lock:
+            if name:
+                if who not in self._names and len(self._names) >= MAX_VISITORS:
+                    raise ValueError("The leaderboard is full.")
+                self._names[who] = name
+            else:
+                self._names.pop(who, None)
+            files.write_atomic(self.path, json.dumps(self._names))
+        return name or None
+
+    def all(self):
+        with self._lock:
+            return dict(self._names)

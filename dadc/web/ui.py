@@ -1,0 +1,391 @@
+"""The Gradio page: draw a digit, see what the model says, flag it when it is wrong, verify other
+people's flags, and watch the rounds on the dashboard. The work is done by service.Studio; this
+file lays the page out tab by tab, each event wired under its widgets, and turns the Studio's
+errors into Gradio's in one place (shown()).
+
+API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketchpad value, digit ->
+{"id", "saved", ...}), /verify_next and /verify (Dynabench-style validation), /rollback.
+"""
+import atexit
+import functools
+import html
+import json
+import math
+import signal
+import threading
+import warnings
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from .. import config
+from . import bounds, identity
+from . import page
+from .. import preprocess
+from ..preprocess import CANVAS
+from .components import Canvas, Digit
+from ..examples import round_number
+from ..rounds.registry import ROUND0
+from ..studio.service import Studio, StudioError, Visitor
+from ..studio.tally import Tally
+
+
+INTRO = """# DADC studio: fool the digit model
+Draw a digit. If the model gets it wrong, pick the true digit and flag it: every few flags, a new
+round of the model is trained on them (with adversarial training) and must pass a gate before it
+serves. Can you still fool the next round?"""
+
+
+def shown(fn):
+    """The one place where the Studio's errors become Gradio errors (a toast, or the API's error)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StudioError as e:
+            raise gr.Error(str(e)) from None
+    return wrapper
+
+
+def identify(settings):
+    """who(request, profile) -> Visitor: the HF username when logged in with OAuth, else an id the
+    server derives from the client's address (identity.client_identity: salted with a per-home secret,
+    X-Forwarded-For trusted only for DADC_TRUSTED_PROXY_HOPS proxies). Never the session hash or
+    anything else the client picks: a new session must not be a new person."""
+    secret = identity.home_secret(settings.home / "identity.key")
+
+    def who(request, profile=None):
+        if profile is not None and getattr(profile, "username", None):
+            return Visitor(str(profile.username), username=str(profile.username))
+        return Visitor(identity.client_identity(request, secret, settings.proxy_hops))
+    return who
+
+
+def privacy_notice(settings):
+    where = "a Hugging Face dataset" if settings.hub_enabled else "this app's local store"
+    return ("*What is kept when you flag:* your drawing, the digit you give and the model's answer, with your "
+            "Hugging Face username if you are logged in, otherwise an anonymous id derived from your network "
+            f"address (it cannot be turned back into the address). Flags are stored in {where} and may be "
+            "published under CC BY 4.0. Nothing is kept while you only draw.")
+
+
+def md(text):
+    """Text from people or the Hub, safe inside Markdown/HTML (no links, images or markup)."""
+    return html.escape(str(text)).replace("*", "&#42;").replace("_", "&#95;").replace("[", "&#91;") \
+        .replace("`", "&#96;").replace("#", "&#35;")
+
+
+def seen_image(x):
+    """The 28x28 the model saw, enlarged for the page."""
+    return None if x is None else preprocess.to_image(x).resize((112, 112), Image.NEAREST)
+
+
+def build(settings, round0=ROUND0, round_cfg=None, sync="auto", mnist=None, studio=None):
+    """The Blocks app. sync="auto" pushes to the Hub when HF_TOKEN and DADC_DATASET_REPO are set."""
+    if studio is None:
+        if sync == "auto":
+            from ..hub.sync import HubSync
+
+            sync = lambda store, registry: HubSync.from_settings(settings, store, registry)  # noqa: E731
+        studio = Studio(settings, round0, round_cfg, sync=sync, mnist=mnist).start()
+        atexit.register(studio.stop)  # one last push when the app stops
+    who = identify(studio.settings)
+
+    # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk).
+    # head: the Draw tab's browser side (page.py). Gradio 6 wants it in launch() and warns here, but
+    # any launch() falls back to it: so every launcher (app.py, the tests, the benchmarks) has it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The parameters have been moved", UserWarning)
+        blocks = gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS))
+    with blocks as demo:
+        demo.studio = studio
+        gr.Markdown(INTRO)
+        if config.on_space():
+            gr.LoginButton()  # flags are then credited to your HF username
+        with gr.Tabs():
+            with gr.Tab("Draw"):
+                draw_tab(studio, who)
+            with gr.Tab("Verify"):
+                verify_tab(studio, who)
+            with gr.Tab("Dashboard") as tab:
+                dashboard_tab(studio, who, tab)
+    return demo
+
+
+BRUSH = 12  # the brush's radius in canvas px: 24 px strokes, a pen's width for a digit ~250 px tall
+KEYS = ("Keys: <kbd>0</kbd>-<kbd>9</kbd> pick the true digit, <kbd>Enter</kbd> flags, "
+        "<kbd>Backspace</kbd> undoes, <kbd>Esc</kbd> clears.")
+
+
+def top_line(value, seq=0):
+    """The top prediction, large, right under the canvas (on a phone the first screen holds it).
+    data-seq names the page's snapshot it answers (tests and benchmarks wait for it)."""
+    if isinstance(value, dict):
+        d = max(value, key=value.get)
+        said = f'<b class="digit">{d}</b> <span class="sure">{value[d]:.0%} sure</span>'
+    else:
+        said = f'<span class="msg">{html.escape(value or "draw a digit")}</span>'
+    return f'<div class="dadc-top" data-seq="{seq}"><span>The model says</span> {said}</div>'
+
+
+def feedback_text(r, flags, fooled, hint, serving):
+    """After a flag: the receipt, the visitor's running count, and what still fools the round."""
+    lines = [f"**{'Fooled!' if r['fooled'] else 'Not fooled.'}** {md(r['message'])}",
+             f"Your flags: **{flags}**, of which **{fooled}** fooled the model."]
+    window_round, digit, n_fooled, n = hint
+    if window_round != serving or not n:
+        lines.append(f"Nobody has flagged round {serving} yet.")
+    elif digit is None:
+        lines.append(f"None of the last {n} flag{'s' * (n > 1)} fooled round {serving}: find its blind spot.")
+    else:
+        lines.append(f"Hint: lately, **{digit}s** fool round {serving} most often "
+                     f"({n_fooled} of {n} flag{'s' * (n > 1)}).")
+    return "\n\n".join(lines)
+
+
+def draw_tab(studio, who):
+    """Drawing is the Sketchpad; its value travels only to the API's /predict and /flag. The page
+    reads the drawing in the browser (page.js: snapshot()) and sends that PNG to light events:
+    the live prediction on every mouse-up, and the flag (so it stores what the visitor saw)."""
+    tally = Tally()  # the visitors' running counts and the hint (tally.py)
+    with gr.Row():
+        with gr.Column(scale=3):
+            canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
+                            brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
+                            layers=False, transforms=(), elem_id="canvas", height=520)
+            top = gr.HTML(top_line(None), elem_id="dadc-top", js_on_load=None)
+            with gr.Row(elem_id="dadc-tools"):
+                gr.Button("Undo", size="md", elem_id="undo").click(None, js="() => dadc.undo()")
+                clear = gr.Button("Clear", size="md", elem_id="clear")
+        with gr.Column(scale=2):
+            label = gr.Label(num_top_classes=3, label="The model says", elem_id="dadc-label")
+            seen = gr.Image(label="What the model sees (28x28)", image_mode="L", height=140,
+                            interactive=False, buttons=[])
+            digit = Digit([(str(d), d) for d in range(10)], label="The true digit", elem_id="digit")
+            flag_btn = gr.Button("Flag: the model got it wrong (or was unsure)", variant="stop", elem_id="flag")
+            feedback = gr.Markdown(elem_id="feedback")
+            gr.Markdown(KEYS, elem_id="keys")
+            gr.Markdown(privacy_notice(studio.settings))
+    # Clear, in the browser (no request): the editor's own clear, and the outputs' empty values as
+    # gr.ClearButton writes them (a Label given null breaks)
+    empty = [label.postprocess(None), seen.postprocess(None), top_line(None)]
+    clear.click(None, None, [label, seen, top], js=f"() => {{ dadc.clear(); return {json.dumps(empty)}; }}")
+    # the page's light path: a PNG of the drawing (page.snapshot) and its number, filled in by js=
+    snap, seq = gr.Textbox(visible=False), gr.Number(visible=False)
+    live_btn = gr.Button(visible="hidden", elem_id="dadc-live")  # clicked by page.js on mouse-up
+    # the API's endpoints, which take Sketchpad values; the page does not use them
+    submit, flag_api = gr.Button("Submit", visible=False), gr.Button("Flag", visible=False)
+    receipt = gr.JSON(visible=False)
+    seen_state = gr.State()
+
+    def counted():
+        """The tally, with the stored flags counted once they are all in (after a Hub restore)."""
+        if not tally.seeded and not getattr(studio, "restoring", False):
+            tally.seed(studio.store.examples(), round_number(studio.predictor.round))
+        return tally
+
+    counted()
+
+    def drawing(png):
+        try:
+            return page.snapshot(png, CANVAS)
+        except preprocess.CanvasError as e:
+            raise gr.Error(f"Nothing done: {e}.") from None
+
+    def live(png, n, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        value, x = studio.predict(drawing(png), who(request, profile).id)
+        n = int(n) if isinstance(n, (int, float)) and math.isfinite(n) and abs(n) < 2**53 else 0
+        return {label: value, seen: seen_image(x), top: top_line(value, n)}
+
+    live_btn.click(live, [snap, seq], [label, seen, top], js="() => [dadc.latest(), dadc.next()]",
+                   api_visibility="private", trigger_mode="always_last", show_progress="hidden",
+                   concurrency_limit=None)
+
+    def predict(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return studio.predict(canvas_value, who(request, profile).id)  # (label value, 28x28)
+
+    submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_limit=None).then(
+        seen_image, seen_state, seen, api_visibility="private", show_progress="hidden")
+
+    @shown
+    def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        visitor = who(request, profile)
+        r = studio.flag(canvas_value, true_digit, visitor)
+        counted().add(visitor.id, r)  # page or API: every stored flag counts for its visitor
+        return r
+
+    flag_api.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
+
+    def flag_drawing(png, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return flag(drawing(png), true_digit, request, profile)
+
+    def after_flag(r, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        flags, fooled = counted().visitor(who(request, profile).id)
+        text = feedback_text(r, flags, fooled, tally.hint(), round_number(studio.predictor.round))
+        return {feedback: text, digit: None, label: None, seen: None, top: top_line(None)}
+
+    flagged = flag_btn.click(flag_drawing, [snap, digit], receipt, js="(png, d) => [dadc.snapshot(), d]",
+                             api_visibility="private", concurrency_limit=None)
+    # only once the flag is stored (success) is the canvas cleared, in the browser by the editor's
+    # own Clear (page.js says why not by writing None to the Sketchpad); the brush stays ready
+    flagged.success(None, None, None, js="() => { dadc.clear(); }", api_visibility="private")
+    flagged.success(after_flag, receipt, [feedback, digit, label, seen, top], api_visibility="private")
+
+
+def verify_tab(studio, who):
+    gr.Markdown("Check other people's flags (never your own): is the label right? If not, say which digit "
+                "it is: when enough people agree, the example is relabelled.")
+    with gr.Row():
+        picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[])
+        with gr.Column():
+            question = gr.Markdown("Press *Next* to see an example.")
+            example_id = gr.Textbox(visible=False)
+            example_label = gr.Number(visible=False)
+            with gr.Row():
+                yes = gr.Button("Yes, that label is right", variant="primary")
+                no = gr.Button("No, it is wrong")
+            right = gr.Radio([(str(d), d) for d in range(10)], label="With 'No': it is a … (optional)")
+            next_btn = gr.Button("Next")
+            thanks = gr.Markdown()
+            result = gr.JSON(visible=False)
+    with gr.Accordion("Flagged one by mistake?", open=False):
+        gr.Markdown("Take back one of your own flags (its id is in the receipt after you flag).")
+        with gr.Row():
+            own_id = gr.Textbox(label="Flag id", max_length=64)
+            retract_btn = gr.Button("Retract it")
+        retracted = gr.Markdown()
+    shows = [picture, question, example_id, example_label, result]
+
+    def next_example(request: gr.Request, profile: gr.OAuthProfile | None = None):
+        ex = studio.next_to_vote(who(request, profile))
+        if ex is None:
+            return {picture: None, question: "Nothing to verify right now: come back later.", example_id: "",
+                    example_label: None, result: {}}
+        return {picture: ex["canvas"], question: f"### Is this a **{md(ex['label'])}**?", example_id: ex["id"],
+                example_label: ex["label"], result: {"id": ex["id"], "label": ex["label"]}}
+
+    next_btn.click(next_example, None, shows, api_name="verify_next", concurrency_limit=None)
+
+    def vote(agree):
+        @shown
+        def cast(id_, digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
+            if not id_:
+                raise StudioError("Press Next first.")
+            r = studio.vote(id_, agree, who(request, profile), None if agree else digit)
+            done = " It is now verified." if r["verified"] else ""
+            if r["corrected"] is not None:
+                done = f" It is now relabelled as {r['corrected']}."
+            return {result: r, thanks: f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"}
+        return cast
+
+    for btn, agree in ((yes, True), (no, False)):
+        btn.click(vote(agree), [example_id, right], [result, thanks], api_visibility="private").success(
+            next_example, None, shows, api_visibility="private").then(
+            lambda: None, None, right, api_visibility="private")
+
+    @shown
+    def verify_api(id_: str, agree: bool, digit: int | None = None, request: gr.Request = None,
+                   profile: gr.OAuthProfile | None = None) -> dict:
+        """Vote on someone else's example; with agree=false, optionally the digit it really is."""
+        return studio.vote(id_, agree, who(request, profile), digit)
+
+    gr.api(verify_api, api_name="verify", concurrency_limit=None)
+
+    @shown
+    def retract_api(id_: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Take back one of your own flags."""
+        return studio.retract(id_.strip() if isinstance(id_, str) else id_, who(request, profile))
+
+    gr.api(retract_api, api_name="retract", concurrency_limit=None)
+    retract_btn.click(retract_api, own_id, None, api_visibility="private").success(
+        lambda: "Retracted: it trains nothing and nobody is asked about it.", None, retracted,
+        api_visibility="private")
+
+
+def dashboard_tab(studio, who, tab):
+    status = gr.Markdown()
+    with gr.Row():
+        per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit", sort="x")
+        mer = gr.ScatterPlot(x="round", y="rate", color="kind", title="Model error rate per round",
+                             x_axis_format="d", y_lim=[0, 1])
+    with gr.Row():
+        acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", x_axis_format="d",
+                             title="Clean and PGD accuracy per round")
+        gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260)
+    with gr.Row():
+        matrix = gr.BarPlot(x="fooled", y="accuracy", color="round", title="Each round on the held-out examples "
+                            "that fooled earlier rounds", y_lim=[0, 1])
+        with gr.Column():
+            leaders = gr.Dataframe(headers=["who", "fooling flags", "verified by others", "verified error rate",
+                                            "rounds fooled"], label="Leaderboard", wrap=True)
+            with gr.Row():
+                nickname = gr.Textbox(label="Show me on the leaderboard as (empty: not shown)", max_length=24)
+                save_nick = gr.Button("Save")
+    history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
+                           label="Every round attempt, and why it passed or failed", wrap=True)
+    with gr.Row(visible=False) as admin_row:  # shown to admins only; the handlers check it again
+        rounds = gr.Dropdown(label="Serve an earlier round", choices=[], allow_custom_value=True)
+        rollback_btn = gr.Button("Roll back")
+        retrain_btn = gr.Button("Retrain now")
+    refresh = gr.Button("Refresh")
+    timer = gr.Timer(3.0, active=False)  # ticks while a round trains
+    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer, admin_row, leaders, matrix]
+
+    def show_dashboard(request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        d = studio.dashboard(who(request, profile) if request is not None else None)
+        return {status: md(d["status"]), per_digit: pd.DataFrame(d["digits"]),
+                mer: pd.DataFrame(d["mer"], columns=["round", "kind", "rate"]),
+                acc: pd.DataFrame(d["accuracy"], columns=["round", "metric", "accuracy"]),
+                gallery: d["gallery"], history: d["history"] or [[""] * 7],
+                rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"]),
+                admin_row: gr.Row(visible=d["admin"]), leaders: d["leaders"] or [[""] * 5],
+                matrix: pd.DataFrame(d["matrix"], columns=["round", "fooled", "accuracy", "n"])}
+
+    for trigger in (tab.select, refresh.click):
+        trigger(show_dashboard, None, shows, api_visibility="private")
+
+    def tick(request: gr.Request, profile: gr.OAuthProfile | None = None):
+        d = studio.dashboard(who(request, profile))
+        return {status: md(d["status"]), timer: gr.Timer(active=d["running"])}
+
+    timer.tick(tick, None, [status, timer], api_visibility="private", show_progress="hidden")
+
+    @shown
+    def set_nickname(name, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return studio.set_nickname(name, who(request, profile))
+
+    save_nick.click(set_nickname, nickname, None, api_visibility="private").success(
+        show_dashboard, None, shows, api_visibility="private")
+
+    @shown
+    def rollback_api(round_name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
+        """Serve an earlier round (e.g. "round-000") from now on. Admins only."""
+        return studio.rollback(round_name, who(request, profile))
+
+    gr.api(rollback_api, api_name="rollback")
+    rollback_btn.click(rollback_api, rounds, None, api_visibility="private").success(
+        show_dashboard, None, shows, api_visibility="private")
+
+    @shown
+    def retrain_now(request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return studio.retrain_now(who(request, profile))
+
+    retrain_btn.click(retrain_now, None, status, api_visibility="private").success(
+        lambda: gr.Timer(active=True), None, timer, api_visibility="private")
+
+
+def launch(demo, **kwargs):
+    """Launch with the settings this app needs: requests run concurrently (a default Gradio app
+    runs one event at a time and serialises every user behind the slowest), and every upload
+    route is bounded in size (bounds.install). SIGTERM and SIGINT shut the app down cleanly:
+    the final push is made within service.SHUTDOWN_S."""
+    if threading.current_thread() is threading.main_thread():
+        def shut_down(signum, frame):  # a Space's restart sends SIGTERM; atexit would not run
+            demo.studio.stop()           # a running round stops, then the final push (bounded)
+            raise KeyboardInterrupt      # Gradio's launch() closes the server on it and returns
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, shut_down)
+    demo.queue(default_concurrency_limit=None, max_size=None)
+    return demo.launch(max_threads=64, allowed_paths=[str(demo.studio.store.root)],  # DADC_HOME anywhere
+                       **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
