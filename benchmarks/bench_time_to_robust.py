@@ -24,7 +24,8 @@ from dadc.model import checkpoint
 from dadc.model import mnist as data
 from dadc.model import evaluate
 from dadc.model import nets  # noqa: E402
-from dadc.__main__ import _hold_out, _train_settings, parser  # noqa: E402
+from dadc.__main__ import parser  # noqa: E402
+from dadc.model.recipe import hold_out, train_settings  # noqa: E402
 from dadc.model.training import RECIPES, train  # noqa: E402
 
 CLEAN, ROBUST = 0.992, 0.95
@@ -43,9 +44,9 @@ def main():
     args = p.parse_args()
     if args.recipe == "round0" and not args.init:  # as `python -m dadc train` refuses it
         p.error("--recipe round0 fine-tunes a model: give one trained with --recipe v1 as --init")
-    cfg, opt = _train_settings(parser().parse_args(["train", "--recipe", args.recipe, "--no-amp", "--out", "-"]))
+    cfg, opt = train_settings(parser().parse_args(["train", "--recipe", args.recipe, "--no-amp", "--out", "-"]))
     arrays = data.fetch(args.home, log=lambda m: print(m, file=sys.stderr))
-    x, y, _, select = _hold_out(*data.tensors(arrays, "train"), cfg, opt)
+    x, y, _, select = hold_out(*data.tensors(arrays, "train"), cfg, opt)
     xt, yt = data.tensors(arrays, "test")
     xt, yt = xt[:args.n], yt[:args.n]
     start, measuring, rows = time.perf_counter(), [0.0], []

@@ -4,11 +4,10 @@ Every command is a function cmd_NAME(args, settings), registered in parser() wit
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
 import argparse
 import json
-import os
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 from . import config
 
@@ -20,157 +19,12 @@ def cmd_data(args, settings):
     print(f"MNIST ok: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test at {data.cache_path(settings.home)}")
 
 
-# train-command options beyond TrainConfig, with their defaults (a --recipe may set them too)
-TRAIN_OPTIONS = {"val_n": 0, "val_robust_n": 1000, "eval_n": 10000, "eval_eps": 0.3, "eval_steps": 40,
-                 "eval_alpha": 0.01, "eval_aa_n": 0, "eval_aa_attacks": "apgd-ce,apgd-t", "eval_drawings_n": 0,
-                 "eval_drawings_seed": 4242}
-
-
-def _train_settings(args):
-    """(TrainConfig, options): TrainConfig's defaults, then the --recipe's values, then the flags given."""
-    from .model.training import RECIPES, TrainConfig
-
-    recipe = RECIPES[args.recipe] if args.recipe else {}
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    pick = lambda name, default: given.get(name, recipe.get(name, default))  # noqa: E731
-    cfg = TrainConfig(**{f.name: pick(f.name, f.default) for f in fields(TrainConfig)})
-    return cfg, {name: pick(name, default) for name, default in TRAIN_OPTIONS.items()}
-
-
-def machine(device="cpu"):
-    """What a run ran on: CPU model, GPU name (if used), torch threads and version."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if str(device).startswith("cuda") and torch.cuda.is_available() else None
-    return {"cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
-
-
-def _hold_out(x, y, cfg, opt):
-    """(train x, y, what was held out, validate(model) -> scores) for --val-n: MNIST train's last
-    val_n (the gate's slice) is not trained on and selects the epoch. (x, y, None, None) without it."""
-    from .model import evaluate
-
-    n, rn = opt["val_n"], opt["val_robust_n"]
-    if not n:
-        return x, y, None, None
-    x, y, xv, yv = x[:-n], y[:-n], x[-n:], y[-n:]
-    val = {"n": len(xv), "robust_n": len(xv[:rn]), "attack": f"PGD-10, eps {cfg.eps}, step 2.5*eps/10",
-           "split": f"MNIST train, last {len(xv)} (not trained on)", "score": "robust accuracy"}
-
-    def validate(model):
-        model = model.cpu() if cfg.device != "cpu" else model
-        clean = evaluate.accuracy(model, xv, yv)
-        robust = evaluate.robust_accuracy(model, xv[:rn], yv[:rn], cfg.eps, 10)
-        model.to(cfg.device)
-        return {"clean_acc": clean, "robust_acc": robust, "score": robust}
-    return x, y, val, validate
-
-
-def _test_metrics(model, xt, yt, opt):
-    """What a trained checkpoint's metrics.json reports, never selected on: clean and PGD accuracy
-    on MNIST test, and (when asked) AutoAttack, accuracy on MNIST test digits drawn large on the canvas
-    and per family of generated drawings."""
-    import tempfile
-
-    import numpy as np
-    import torch
-
-    from .synth import augment
-    from .synth import drawings
-    from .model import evaluate
-    from . import preprocess
-
-    n, eps = opt["eval_n"], opt["eval_eps"]
-    out = {"clean_acc": evaluate.accuracy(model, xt[:n], yt[:n]),
-           "robust_acc": evaluate.robust_accuracy(model, xt[:n], yt[:n], eps=eps, steps=opt["eval_steps"],
-                                                  alpha=opt["eval_alpha"]),
-           "eval": {"n": len(xt[:n]), "attack": "pgd", "norm": "linf", "eps": eps, "steps": opt["eval_steps"],
-                    "alpha": opt["eval_alpha"], "restarts": 1, "random_start": True, "split": "MNIST test, first n"}}
-    if opt["eval_aa_n"]:
-        n = opt["eval_aa_n"]
-        attacks = [a for a in opt["eval_aa_attacks"].split(",") if a] or None
-        aa = evaluate.autoattack(model, xt[:n], yt[:n], eps, "Linf", attacks)
-        out["autoattack"] = {"n": len(xt[:n]), "eps": eps, **aa, "split": "MNIST test, first n"}
-    if opt["eval_drawings_n"]:
-        m = opt["eval_n"]
-        canvases = torch.from_numpy(np.stack([preprocess.to_mnist(augment.large(v[0].numpy())) for v in xt[:m]]))
-        out["mnist_canvas"] = {"n": len(canvases), "acc": evaluate.accuracy(model, canvases[:, None], yt[:m]),
-                               "what": "MNIST test, first n, each drawn 14x large on the canvas (augment.large)"}
-        with tempfile.TemporaryDirectory() as tmp:
-            drawings.make(tmp, opt["eval_drawings_n"], seed=opt["eval_drawings_seed"])
-            res = evaluate.drawings_accuracy(model, tmp)
-        out["drawings"] = {"per_family_n": opt["eval_drawings_n"], "seed": opt["eval_drawings_seed"],
-                           "acc": res["all"]["acc"], "n": res["all"]["n"],
-                           "by_family": {k: v["acc"] for k, v in res["by_family"].items()},
-                           "by_style": {k: v["acc"] for k, v in res["by_style"].items()}}
-    return out
-
-
 def cmd_train(args, settings):
-    import torch
+    """A training run (dadc/model/recipe.py): the checkpoint to --out, its summary as one JSON line."""
+    from .model import recipe
 
-    from .model import checkpoint
-    from .model import mnist as data
-    from .model import nets
-    from .model.training import train
-
-    wall = time.perf_counter()
-    cfg, opt = _train_settings(args)
-    cfg.check()
-    if cfg.attack != "none" and not 0 < cfg.fraction <= 1:  # as seed 003; normal training is --attack none
-        raise ValueError(f"--fraction must be in (0, 1], got {cfg.fraction} (use --attack none for normal training)")
-    if not 0 <= opt["val_n"] < 60000 or opt["eval_aa_n"] < 0 or opt["eval_drawings_n"] < 0:
-        raise ValueError("--val-n must be in [0, 60000), --eval-aa-n and --eval-drawings-n >= 0")
-    if args.recipe == "round0" and not args.init:
-        raise ValueError("--recipe round0 fine-tunes a model: give one trained with --recipe v1 as --init")
-    nets.build(cfg.net)  # fail on an unknown net before loading any data
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    arrays = data.fetch(settings.home, log=lambda m: print(m, file=sys.stderr))
-    x, y, val, validate = _hold_out(*data.tensors(arrays, "train"), cfg, opt)
-    human = None
-    if args.human:
-        from .store import human_tensors
-
-        human = human_tensors(settings.home)
-        if len(human[0]) == 0:
-            raise ValueError(f"--human: the human example set under {settings.home} is empty (flag some first)")
-    if args.init:
-        model, init_config, _ = checkpoint.load(args.init)
-        if init_config["net"] != cfg.net:
-            raise ValueError(f"--init is a {init_config['net']!r} net but --net is {cfg.net!r}")
-    else:
-        torch.manual_seed(cfg.seed)
-        model = nets.build(cfg.net)
-    start = time.perf_counter()
-    history = train(model, x, y, cfg, human=human, validate=validate)
-    seconds = time.perf_counter() - start
-    metrics = _test_metrics(model.cpu().eval(), *data.tensors(arrays, "test"), opt)
-    metrics.update({"train_seconds": round(seconds, 1), "history": history,
-                    "human_examples": 0 if human is None else len(human[0]),
-                    "command": "python -m dadc " + " ".join(sys.argv[1:]),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()})
-    if val:
-        metrics["validation"] = val
-    metrics["recipe"] = {"name": args.recipe, "train": asdict(cfg), **opt, "init": args.init, "human": args.human}
-    metrics["machine"] = machine(cfg.device)
-    metrics["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    checkpoint.save(model, args.out, {"net": cfg.net, "train": asdict(cfg)}, metrics)
-    summary = {k: metrics[k] for k in ("clean_acc", "robust_acc", "train_seconds")}
-    if "autoattack" in metrics:
-        summary["autoattack_acc"] = metrics["autoattack"]["robust_acc"]
-    if "drawings" in metrics:
-        summary["mnist_canvas_acc"] = metrics["mnist_canvas"]["acc"]
-        summary["drawings_by_family"] = metrics["drawings"]["by_family"]
+    summary = recipe.run(args, settings.home, "python -m dadc " + " ".join(sys.argv[1:]),
+                         log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(summary))
     print(f"saved {args.out}", file=sys.stderr)
 
@@ -237,7 +91,7 @@ def cmd_export(args, settings):
 
 def cmd_import(args, settings):
     """Drawings (PNGs + labels.csv) or another campaign's parquet export into this home's store,
-    refused while an app serves the home; last stdout line JSON (see dadc/importer.py)."""
+    refused while an app serves the home; last stdout line JSON (see dadc/campaign/importer.py)."""
     from .campaign.importer import run
 
     print(json.dumps(run(args.source, settings.home, max_flags=settings.max_flags)))
@@ -245,7 +99,7 @@ def cmd_import(args, settings):
 
 def cmd_migrate(args, settings):
     """Rewrite DADC_DATASET_REPO from the earlier layout (two files a flag) into parquet shards, in
-    one commit (dadc/hub_migrate.py); downloads go to a scratch folder under DADC_HOME."""
+    one commit (dadc/hub/migrate.py); downloads go to a scratch folder under DADC_HOME."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -374,57 +228,13 @@ def cmd_simulate(args, settings):
 
 
 def parser():
-    from .model.training import TrainConfig
-
     p = argparse.ArgumentParser(prog="python -m dadc", description="DADC studio: MNIST data, training, evaluation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("data", help="fetch and verify MNIST into DADC_HOME/mnist").set_defaults(run=cmd_data)
-
-    from .model.training import RECIPES
-
-    t = sub.add_parser("train", help="train a net (PGD adversarial training by default); writes a checkpoint dir")
-    # every default is None here: "not given", so that a --recipe's value applies (see _train_settings)
-    for f in fields(TrainConfig):
-        kind = f.type if f.type in (int, float, str, bool) else float  # `float | None` -> float
-        if kind is bool:
-            t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
-                           help=f"default {f.default}")
-        else:
-            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
-    t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.training.RECIPES); "
-                                                              "flags given on the command line win over it")
-    t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")
-    t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")
-    t.add_argument("--out", required=True, help="checkpoint directory to write")
-    t.add_argument("--val-n", type=int, help="hold out MNIST train's last N (the gate's slice) and keep the epoch "
-                                             "with the best PGD-10 accuracy on it (default 0: off)")
-    t.add_argument("--val-robust-n", type=int, help="examples of that slice attacked each epoch (default 1000)")
-    t.add_argument("--eval-n", type=int, help="test examples for the metrics written with it (default 10000)")
-    t.add_argument("--eval-eps", type=float, help="default 0.3")
-    t.add_argument("--eval-steps", type=int, help="default 40")
-    t.add_argument("--eval-alpha", type=float, help="default 0.01")
-    t.add_argument("--eval-aa-n", type=int, help="AutoAttack on the first N test examples (default 0: off)")
-    t.add_argument("--eval-aa-attacks", help="AutoAttack's attacks (default apgd-ce,apgd-t; empty: standard)")
-    t.add_argument("--eval-drawings-n", type=int, help="measure N generated drawings per family (default 0: off)")
-    t.add_argument("--eval-drawings-seed", type=int, help="their seed (default 4242; training never draws it)")
-    t.set_defaults(run=cmd_train)
-
-    e = sub.add_parser("eval", help="clean and robust accuracy of a checkpoint on the MNIST test set")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--n", type=int, default=10000, help="first n test examples")
-    e.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd")
-    e.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    e.add_argument("--eps", type=float, default=0.3)
-    e.add_argument("--steps", type=int, default=40)
-    e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
-    e.add_argument("--restarts", type=int, default=1)
-    e.add_argument("--aa-attacks", help="AutoAttack's attacks, e.g. apgd-ce,apgd-t (default: the standard "
-                                        "version: apgd-ce,apgd-t,fab-t,square)")
-    e.add_argument("--drawings", help="instead of MNIST: a folder of canvases with labels.csv (file,label"
-                                      "[,family,style]), read through the app's preprocessing")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.set_defaults(run=cmd_eval)
+    train_arguments(sub.add_parser(
+        "train", help="train a net (PGD adversarial training by default); writes a checkpoint dir"))
+    eval_arguments(sub.add_parser("eval", help="clean and robust accuracy of a checkpoint on the MNIST test set"))
 
     x = sub.add_parser("export", help="write the flagged examples as a parquet dataset (train/validation)")
     x.add_argument("out", help="folder to write (must not exist, or be empty)")
@@ -450,6 +260,55 @@ def parser():
     sub.add_parser("retrain", help="one retraining round now, in the foreground, on the flagged examples "
                                    "(DADC_ROUND_* settings; recorded in the history)").set_defaults(run=cmd_retrain)
     return p
+
+
+def train_arguments(t):
+    """`train`'s flags: one per TrainConfig field, then the run's own (recipe.TRAIN_OPTIONS and more)."""
+    from .model.training import RECIPES, TrainConfig
+
+    # every default is None here: "not given", so that a --recipe's value applies (see recipe.train_settings)
+    for f in fields(TrainConfig):
+        kind = f.type if f.type in (int, float, str, bool) else float  # `float | None` -> float
+        if kind is bool:
+            t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default {f.default}")
+        else:
+            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
+    t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.training.RECIPES); "
+                                                              "flags given on the command line win over it")
+    t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")
+    t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.add_argument("--val-n", type=int, help="hold out MNIST train's last N (the gate's slice) and keep the epoch "
+                                             "with the best PGD-10 accuracy on it (default 0: off)")
+    t.add_argument("--val-robust-n", type=int, help="examples of that slice attacked each epoch (default 1000)")
+    t.add_argument("--eval-n", type=int, help="test examples for the metrics written with it (default 10000)")
+    t.add_argument("--eval-eps", type=float, help="default 0.3")
+    t.add_argument("--eval-steps", type=int, help="default 40")
+    t.add_argument("--eval-alpha", type=float, help="default 0.01")
+    t.add_argument("--eval-aa-n", type=int, help="AutoAttack on the first N test examples (default 0: off)")
+    t.add_argument("--eval-aa-attacks", help="AutoAttack's attacks (default apgd-ce,apgd-t; empty: standard)")
+    t.add_argument("--eval-drawings-n", type=int, help="measure N generated drawings per family (default 0: off)")
+    t.add_argument("--eval-drawings-seed", type=int, help="their seed (default 4242; training never draws it)")
+    t.set_defaults(run=cmd_train)
+
+
+def eval_arguments(e):
+    """`eval`'s flags: the checkpoint, the attack and its budget, or a folder of drawings instead."""
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--n", type=int, default=10000, help="first n test examples")
+    e.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd")
+    e.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    e.add_argument("--eps", type=float, default=0.3)
+    e.add_argument("--steps", type=int, default=40)
+    e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
+    e.add_argument("--restarts", type=int, default=1)
+    e.add_argument("--aa-attacks", help="AutoAttack's attacks, e.g. apgd-ce,apgd-t (default: the standard "
+                                        "version: apgd-ce,apgd-t,fab-t,square)")
+    e.add_argument("--drawings", help="instead of MNIST: a folder of canvases with labels.csv (file,label"
+                                      "[,family,style]), read through the app's preprocessing")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(run=cmd_eval)
 
 
 def main(argv=None):

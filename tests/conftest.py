@@ -37,3 +37,23 @@ def fake_hub(monkeypatch):
     yield hub
     hub.stop()
 # --- end of issue 4 ------------------------------------------------------------------------------
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (apt-get install chromium): playwright cannot download one here
+
+
+def browser_or_skip():
+    """playwright's sync_api, once Chromium is known to be there. Missing on a developer's machine:
+    the browser tests skip. In CI (CI set, as .ci/run has it, which installs Chromium) they fail
+    instead: a browser that cannot start must not pass as a skipped test."""
+    def missing(why):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: the browser tests cannot run: {why}", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("the playwright package is not installed (pip install -r requirements-dev.txt)")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing(f"{CHROMIUM} is missing (apt-get install chromium)")
+    return sync_api

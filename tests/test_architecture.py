@@ -112,3 +112,11 @@ def test_every_subpackage_names_its_parts():
         for module in init.parent.glob("*.py"):
             if module.name != "__init__.py":
                 assert module.name in doc, f"{init.relative_to(ROOT.parent)} does not name {module.name}"
+
+
+def test_the_app_says_when_gradio_is_not_the_tested_version(caplog):
+    from dadc.web import ui
+
+    assert ui.check_gradio_version(ui.TESTED_GRADIO)
+    assert not ui.check_gradio_version("99.0.0")
+    assert "Gradio 99.0.0 is installed, but this app was tested with Gradio " + ui.TESTED_GRADIO in caplog.text

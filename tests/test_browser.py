@@ -6,7 +6,7 @@ an empty canvas, a flood of flags from one session (the app runs with DADC_FLAG_
 Yes before Next: each an error toast (gr.Error), and nothing stored. One app and one browser serve
 the whole module; each test gets a fresh page, so a fresh Gradio session. Screenshots are kept
 under each test's tmp_path (their path is printed). Skipped when chromium or playwright is
-missing (CI installs chromium; `playwright install` cannot download a browser here)."""
+missing, except in CI, where they fail (conftest.browser_or_skip)."""
 import os
 import re
 
@@ -14,16 +14,15 @@ import pytest
 
 from test_app import App, next_address, round0, stored  # noqa: F401 (fixture)
 
-CHROMIUM = "/usr/bin/chromium"
+from conftest import CHROMIUM, browser_or_skip
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT = 60_000  # ms: generous, a shared 2-core CI machine
 FLAG_LIMIT = 2  # flags a minute from one session, for the flood test
 QUICK = 2  # mouse moves between stroke points where any digit will do
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+sync_api = browser_or_skip()
 
 
 @pytest.fixture(scope="module")

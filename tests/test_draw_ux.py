@@ -6,7 +6,7 @@ prediction the visitor saw, the keys (0-9, Enter, Backspace, Escape), the feedba
 screen with touch drawing. Then the light path's public side with hostile input, over raw HTTP.
 The PNG reader and the tally are tested directly first (no browser needed).
 
-Browser tests skip when chromium or playwright is missing (CI installs chromium). Screenshots are
+Browser tests skip when chromium or playwright is missing, except in CI, where they fail. Screenshots are
 kept under each test's tmp_path (their folder is printed). Timing is the benchmark's job
 (benchmarks/bench_browser.py), never asserted here."""
 import base64
@@ -26,6 +26,7 @@ from dadc.web import page as dadc_page
 from dadc.examples import Example
 from dadc.preprocess import CanvasError
 from dadc.studio.tally import Tally
+from conftest import browser_or_skip
 from test_app import App, next_address, stored
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,9 +127,7 @@ def test_tally_window_is_bounded_and_seed_never_counts_a_flag_twice():
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    if not os.access(bb.CHROMIUM, os.X_OK):
-        pytest.skip(f"{bb.CHROMIUM} is missing (apt-get install chromium)")
+    sync_api = browser_or_skip()
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=bb.CHROMIUM, args=bb.ARGS)
         yield b

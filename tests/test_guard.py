@@ -241,6 +241,6 @@ def test_install_refuses_an_unbounded_editor():
 
 def test_home_secret_is_made_once(tmp_path):
     path = tmp_path / "home" / "identity.key"
-    first = bounds.home_secret(path)
-    assert len(first) == 32 and bounds.home_secret(path) == first
+    first = identity.home_secret(path)
+    assert len(first) == 32 and identity.home_secret(path) == first
     assert path.stat().st_mode & 0o777 == 0o600

@@ -5,7 +5,6 @@ behind a flag; when the pool runs dry, fresh drawings with a seed of their own p
 half never among them), or a clear stop; the matrix also on the dashboard and in the model cards."""
 import csv
 import hashlib
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -63,7 +62,7 @@ def test_rows_and_the_matrix(tmp_path, round0, monkeypatch):
     assert result["stopped"] is None and result["fresh_drawn"] == 0  # labels off by one: no family, no fresh
     # the same matrix on the dashboard (from each promoted round's metrics) and in each round's model card
     home = tmp_path / "home"
-    plot = dashboard.matrix(SimpleNamespace(registry=Registry(home, round0)))
+    plot = dashboard.matrix(Registry(home, round0))
     want = [{"round": r, "fooled": f"fooled {k}", "accuracy": cell["acc"], "n": cell["n"]}
             for r, row in matrix.items() for k, cell in row.items() if cell["acc"] is not None]
     assert plot == want

@@ -145,7 +145,7 @@ def test_ema_returns_the_averaged_weights():
 
 
 def test_steps_late_uses_more_pgd_steps_at_the_end(monkeypatch):
-    import dadc.training as training
+    import dadc.model.training as training
 
     seen = []
     real = training.pgd
@@ -213,15 +213,16 @@ def test_large_draws_an_mnist_digit_large_and_centred_and_reads_back_as_itself()
 def test_recipe_flags_win_and_no_recipe_is_todays_recipe():
     from dataclasses import asdict
 
-    from dadc.__main__ import TRAIN_OPTIONS, _train_settings, parser
+    from dadc.__main__ import parser
+    from dadc.model.recipe import TRAIN_OPTIONS, train_settings
 
-    cfg, opt = _train_settings(parser().parse_args(["train", "--out", "x"]))
+    cfg, opt = train_settings(parser().parse_args(["train", "--out", "x"]))
     assert asdict(cfg) == asdict(TrainConfig()) and opt == TRAIN_OPTIONS
-    cfg, opt = _train_settings(parser().parse_args(["train", "--recipe", "round0", "--epochs", "2", "--no-amp",
-                                                    "--eval-aa-n", "0", "--out", "x"]))
+    cfg, opt = train_settings(parser().parse_args(["train", "--recipe", "round0", "--epochs", "2", "--no-amp",
+                                                   "--eval-aa-n", "0", "--out", "x"]))
     assert (cfg.loss, cfg.ema, cfg.epochs, cfg.amp, cfg.steps_late, cfg.lr) == ("trades", 0.999, 2.0, False, 20, 1e-3)
     assert (opt["val_n"], opt["eval_aa_n"], opt["eval_drawings_n"]) == (0, 0, 200)
-    cfg, _ = _train_settings(parser().parse_args(["train", "--recipe", "v1", "--out", "x"]))
+    cfg, _ = train_settings(parser().parse_args(["train", "--recipe", "v1", "--out", "x"]))
     assert (cfg.epochs, cfg.eps_ramp, cfg.loss, cfg.steps, cfg.lr) == (12, 0.15, "ce", 10, 5e-3)
 
 
@@ -247,7 +248,7 @@ def test_train_recipe_writes_the_issue_14_metrics(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["autoattack"]["attacks"] == ["apgd-ce", "apgd-t"] and m["autoattack"]["n"] == 5
-    assert set(m["drawings"]["by_family"]) == set(__import__("dadc.drawings").drawings.FAMILIES)
+    assert set(m["drawings"]["by_family"]) == set(__import__("dadc.synth.drawings").synth.drawings.FAMILIES)
     assert m["mnist_canvas"]["n"] == 50 and 0 <= m["mnist_canvas"]["acc"] <= 1
     assert m["recipe"]["name"] == "round0" and m["recipe"]["train"]["loss"] == "trades"
     assert m["recipe"]["train"]["steps"] == 1 and m["recipe"]["val_n"] == 100

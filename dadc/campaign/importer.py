@@ -282,103 +282,134 @@ def run(source, home, max_flags=None, err=None):
     """Import SOURCE into the store under `home`. Returns {"imported", "duplicates", "bad", "source",
     "format", ...}. ValueError for a SOURCE that is neither format; files.Busy (with a message for
     the person) when an app holds the home's app.lock."""
-    from tqdm.auto import tqdm
-
-
     err = err or sys.stderr
     source, home = Path(source), Path(home)
     kind, what = detect(source)  # before anything under home is touched
+    total, rows, read = reader(kind, what, source)
+    lock = hold_home(home)
+    try:
+        job = _Import(FlagStore(home), session_name(source), max_flags, err)
+        job.add(rows, read, total, source.name)
+    finally:
+        os.close(lock)
+    job.summarise()
+    out = {"imported": job.counts["imported"], "duplicates": job.counts["duplicates"], "bad": job.counts["bad"],
+           "source": str(source), "format": kind, "session": job.session}
+    if job.counts["over_cap"]:
+        out["over_cap"] = job.counts["over_cap"]
+    return out
+
+
+def reader(kind, what, source):
+    """(how many rows, the rows as (where, item), read(item) -> Row or Bad) of what detect() found."""
     if kind == "drawings":
-        total, rows = len(what), ((where, (name, label)) for where, name, label in what)
-        read = lambda item: read_drawing(source, *item)  # noqa: E731
-    else:
-        total = sum(pf.metadata.num_rows for _, pf, _ in what)
-        rows, read = parquet_rows(what, source), read_exported
+        rows = ((where, (name, label)) for where, name, label in what)
+        return len(what), rows, lambda item: read_drawing(source, *item)
+    return sum(pf.metadata.num_rows for _, pf, _ in what), parquet_rows(what, source), read_exported
+
+
+def hold_home(home):
+    """Make `home` if needed and hold its app.lock (an fd to os.close): files.Busy while an app serves it."""
     if home.exists() and not home.is_dir():
         raise ValueError(f"DADC_HOME {home} is not a directory")
     home.mkdir(parents=True, exist_ok=True)
     try:
-        lock = files.hold_app(home)  # an app serving this home holds it; none starts while we do
+        return files.hold_app(home)  # an app serving this home holds it; none starts while we do
     except files.Busy as e:
         raise files.Busy(f"an app is running on DADC_HOME {home} ({e}): stop it first, or import into "
                          "another home") from None
-    try:
-        store = FlagStore(home)
-        seen, stored = set(), 0
+
+
+class _Import:
+    """One import into an open store: the keys of the 28x28s already there (a row equal to one is a
+    duplicate), the counts by outcome, the bad rows by reason and their first MAX_SHOWN reports."""
+
+    def __init__(self, store, session, max_flags, err):
+        self.store, self.session, self.max_flags, self.err = store, session, max_flags, err
+        self.seen, self.stored = set(), 0
         for example in store.examples():
-            stored += 1
+            self.stored += 1
             try:
-                seen.add(key(np.asarray(store.image(example), dtype=np.uint8)))
+                self.seen.add(key(np.asarray(store.image(example), dtype=np.uint8)))
             except OSError:
                 pass  # an unreadable stored image cannot be duplicated anyway
-        session = session_name(source)
-        counts = Counter()
-        reasons = Counter()
-        bar = tqdm(total=total, desc=f"importing {source.name}"[:40], unit="row", file=err, mininterval=0.5)
+        self.counts, self.reasons, self.bar = Counter(), Counter(), None
 
-        def report(where, reason, why):
-            counts["bad"] += 1
-            reasons[reason] += 1
-            if counts["bad"] <= MAX_SHOWN:
-                bar.write(f"bad row: {where}: {why}", file=err)
+    def add(self, rows, read, total, name):
+        """Read the rows and append each new one, with a progress bar. Rows are read (and
+        preprocessed) by WORKERS threads ahead of this loop, which decides in source order what is a
+        duplicate; the appends run on APPENDERS threads, so that the store's fsyncs (4 a row, in two
+        rounds) overlap instead of queueing (FlagStore is safe for many threads). A store error ends
+        the import (RuntimeError, saying how many rows it imported before)."""
+        from tqdm.auto import tqdm
 
-        def settle(where, k, done):
-            try:
-                done.result()
-            except ValueError as e:  # the store's own checks (StoreError, a full disk, is not one)
-                seen.discard(k)
-                report(where, "refused by the store", str(e)[:MAX_DETAIL])
-                return
-            counts["imported"] += 1
-
-        # rows are read (and preprocessed) by WORKERS threads ahead of this loop, which decides in
-        # source order what is a duplicate; the appends run on APPENDERS threads, so that the
-        # store's fsyncs (4 a row, in two rounds) overlap instead of queueing (FlagStore is safe for many threads)
+        self.bar = tqdm(total=total, desc=f"importing {name}"[:40], unit="row", file=self.err, mininterval=0.5)
         pending = deque()
         with warnings.catch_warnings(), ThreadPoolExecutor(APPENDERS) as writers:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked from the header
             try:
                 for (where, _), row, e in _prefetched(lambda item: read(item[1]), rows):
-                    bar.update(1)
+                    self.bar.update(1)
                     while pending and (len(pending) >= 4 * APPENDERS or pending[0][2].done()):
-                        settle(*pending.popleft())
-                    if e is not None:
-                        if isinstance(e, Bad):
-                            report(where, e.reason, str(e))
-                        else:  # anything else a broken file can make a decoder raise
-                            report(where, "unreadable", f"{type(e).__name__}: {str(e)[:MAX_DETAIL]}")
-                        continue
-                    k = key(row.pixels)
-                    if k in seen:
-                        counts["duplicates"] += 1
-                        continue
-                    if max_flags is not None and stored + counts["imported"] + len(pending) >= max_flags:
-                        counts["over_cap"] += 1
-                        continue
-                    seen.add(k)
-                    pending.append((where, k, writers.submit(append, store, row, session)))
+                        self.settle(*pending.popleft())
+                    k = self.admit(where, row, e, len(pending))
+                    if k is not None:
+                        pending.append((where, k, writers.submit(append, self.store, row, self.session)))
                 while pending:
-                    settle(*pending.popleft())
+                    self.settle(*pending.popleft())
             except Exception as e:  # e.g. StoreError: a full or read-only disk
                 for _, _, done in pending:
                     done.cancel()
                 for _, _, done in pending:  # what was written before the error still counts
                     if not done.cancelled() and done.exception() is None:
-                        counts["imported"] += 1
-                bar.close()
-                raise RuntimeError(f"{e} ({counts['imported']} rows were imported before that; importing "
+                        self.counts["imported"] += 1
+                self.bar.close()
+                raise RuntimeError(f"{e} ({self.counts['imported']} rows were imported before that; importing "
                                    "again skips them as duplicates)") from None
-        bar.close()
-    finally:
-        os.close(lock)
-    if counts["bad"] > MAX_SHOWN:
-        print(f"... and {counts['bad'] - MAX_SHOWN} more bad rows", file=err)
-    if counts["bad"]:
-        print("bad rows by reason: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common()), file=err)
-    if counts["over_cap"]:
-        print(f"the store is full (DADC_MAX_FLAGS={max_flags}): {counts['over_cap']} rows not imported", file=err)
-    out = {"imported": counts["imported"], "duplicates": counts["duplicates"], "bad": counts["bad"],
-           "source": str(source), "format": kind, "session": session}
-    if counts["over_cap"]:
-        out["over_cap"] = counts["over_cap"]
-    return out
+        self.bar.close()
+
+    def admit(self, where, row, error, in_flight):
+        """The key of a row to append, or None for a bad row (reported), a duplicate or a row over the
+        store's cap (counted). `in_flight`: rows appended but not yet settled."""
+        if error is not None:
+            if isinstance(error, Bad):
+                self.report(where, error.reason, str(error))
+            else:  # anything else a broken file can make a decoder raise
+                self.report(where, "unreadable", f"{type(error).__name__}: {str(error)[:MAX_DETAIL]}")
+            return None
+        k = key(row.pixels)
+        if k in self.seen:
+            self.counts["duplicates"] += 1
+            return None
+        if self.max_flags is not None and self.stored + self.counts["imported"] + in_flight >= self.max_flags:
+            self.counts["over_cap"] += 1
+            return None
+        self.seen.add(k)
+        return k
+
+    def report(self, where, reason, why):
+        self.counts["bad"] += 1
+        self.reasons[reason] += 1
+        if self.counts["bad"] <= MAX_SHOWN:
+            self.bar.write(f"bad row: {where}: {why}", file=self.err)
+
+    def settle(self, where, k, done):
+        """Wait for one append: counted as imported, or reported when the store refused the row."""
+        try:
+            done.result()
+        except ValueError as e:  # the store's own checks (StoreError, a full disk, is not one)
+            self.seen.discard(k)
+            self.report(where, "refused by the store", str(e)[:MAX_DETAIL])
+            return
+        self.counts["imported"] += 1
+
+    def summarise(self):
+        """The import's last lines on err: bad rows not shown, bad rows by reason, rows over the cap."""
+        if self.counts["bad"] > MAX_SHOWN:
+            print(f"... and {self.counts['bad'] - MAX_SHOWN} more bad rows", file=self.err)
+        if self.counts["bad"]:
+            print("bad rows by reason: " + ", ".join(f"{r} {n}" for r, n in self.reasons.most_common()),
+                  file=self.err)
+        if self.counts["over_cap"]:
+            print(f"the store is full (DADC_MAX_FLAGS={self.max_flags}): {self.counts['over_cap']} rows not imported",
+                  file=self.err)

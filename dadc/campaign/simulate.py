@@ -119,107 +119,129 @@ def simulate(drawings_dir, rounds, home, threshold, round0, cfg=None, seed=0, lo
     """Run up to `rounds` DADC rounds on the drawings. Returns {"rounds": one dict per round (round 0
     first), "matrix": {served round: its matrix row (gate.matrix_row) over the rounds served before},
     "fresh_drawn": fresh drawings made in all, "stopped": why the run ended early, or None}."""
-    from ..model import mnist as data
-    from ..config import RoundConfig
-    from ..examples import round_number
-    from ..rounds.gate import matrix_row, measure
-    from ..rounds.registry import Predictor, Registry
-    from ..rounds.retrain import RetrainJob
-    from ..store import FlagStore
-
-    # the campaign's labels are true: its flags count as verified, whatever DADC_VERIFIED_ONLY says
-    cfg = replace(cfg or RoundConfig.from_env(), verified_only=False)
-    drawings = read_drawings(drawings_dir)
-    families = families_of(drawings_dir) if fresh_max > 0 else []
-    order = np.random.default_rng(seed).permutation(len(drawings))
-    half = len(drawings) // 2
-    pool = [drawings[i] for i in order[:half]]
-    unseen = [drawings[i] for i in order[half:]]
-    unseen_pixels = {pixels(x) for x, _, _ in unseen}
-    arrays = data.fetch(home, log=lambda m: log(m))
-    test = data.tensors(arrays, "test")
-    registry = Registry(home, round0)
-    predictor = Predictor(registry)
-    store = FlagStore(home)
-    job = RetrainJob(registry, predictor, store, threshold, cfg, mnist=arrays)
-    flagged, mnist = set(), {}  # flagged: pool drawings flagged; mnist: round name -> its MNIST test numbers
-    flags = 0
-    fresh_total, stopped = 0, None
-
-    def report(r, attempt=None, tries=None):
-        name, model = predictor.serving
-        if name not in mnist:
-            mnist[name] = measure(model, {"test": test}, cfg, ("test",))
-        held = [e for e in store.examples() if e.held_out]
-        human = measure(model, {"holdout": store.tensors(held)}, cfg, ("holdout",))
-        row = {"round": r, "serving": name, "unseen_error": error_rate(predictor, unseen),
-               "mnist_test_acc": mnist[name]["clean_acc"], "robust_acc": mnist[name]["robust_acc"],
-               "human_acc": human["human_acc"], "human_n": human["human_n"], "flagged": flags}
-        if tries:
-            row.update(tries)
-        if attempt:
-            row.update({k: attempt.get(k) for k in ("passed", "reasons", "notes", "seconds")})
-        log(json.dumps(row))
-        return row
-
-    def matrix(rows):
-        served = list(dict.fromkeys(row["serving"] for row in rows))
-        examples = store.examples()
-        return {r: matrix_row(registry.load(r)[0], store, examples,
-                              [round_number(k) for k in served if round_number(k) < round_number(r)])
-                for r in served}
-
-    rows = [report(0)]
+    run = _Campaign(drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max)
+    rows, stopped = [run.report(0)], None
     for r in range(1, rounds + 1):
-        name = predictor.round
-        new = tried = fresh = fresh_new = 0
-
-        def tries_on(x, y, canvas):  # one drawing tried on the serving round; flagged if it fools it
-            nonlocal flags
-            p = predictor.probs(x)[1]
-            if int(p.argmax()) == y:
-                return False
-            # the simulated person flags what fooled the model
-            store.append(x, y, canvas=canvas() if callable(canvas) else canvas, prediction=int(p.argmax()),
-                         confidences=[float(v) for v in p], round=round_number(name), session="simulate")
-            flags += 1
-            job.notify()
-            return True
-
-        for i, (x, y, path) in enumerate(pool):
-            if new >= threshold:
-                break
-            if i in flagged:
-                continue
-            tried += 1
-            if tries_on(x, y, lambda: _copy(path)):
-                flagged.add(i)
-                new += 1
-        if new < threshold and families:
-            log(f"round {r}: the pool holds only {new} drawings that fool {name}: the simulated people draw "
-                f"fresh ones ({', '.join(families)}; seed {seed}, round {r}; at most {fresh_max})")
-            for x, y, canvas in fresh_drawings(families, seed, r):
-                if new >= threshold or fresh >= fresh_max:
-                    break
-                if pixels(x) in unseen_pixels:
-                    continue  # the unseen half stays unseen
-                fresh += 1
-                if tries_on(x, y, canvas):
-                    new += 1
-                    fresh_new += 1
-            fresh_total += fresh
+        name = run.predictor.round
+        new, tried, fresh, fresh_new = run.flag_round(r, name)
         if new < threshold:
             stopped = (f"round {r}: the pool ran dry: only {new} of {tried + fresh} drawings tried "
                        f"({fresh} of them fresh) fool {name}, fewer than the threshold {threshold}; stopping")
             log(stopped)
             break
         start = time.perf_counter()
-        job.wait()
-        attempt = [h for h in registry.history() if h.get("event") == "attempt"][-1]
-        rows.append(report(r, attempt, {"tried": tried + fresh, "fresh_drawn": fresh, "fresh_flagged": fresh_new}))
+        run.job.wait()
+        attempt = [h for h in run.registry.history() if h.get("event") == "attempt"][-1]
+        rows.append(run.report(r, attempt, {"tried": tried + fresh, "fresh_drawn": fresh, "fresh_flagged": fresh_new}))
         log(f"round {r}: {'promoted ' + attempt['round'] if attempt['passed'] else 'rejected'} "
             f"in {time.perf_counter() - start:.0f} s")
-    return {"rounds": rows, "matrix": matrix(rows), "fresh_drawn": fresh_total, "stopped": stopped}
+    return {"rounds": rows, "matrix": run.matrix(rows), "fresh_drawn": run.fresh_total, "stopped": stopped}
+
+
+class _Campaign:
+    """One simulate() run on a home: the campaign split into the pool and the unseen half, the
+    home's registry, store and RetrainJob (the app's), and what was flagged so far."""
+
+    def __init__(self, drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max):
+        from ..config import RoundConfig
+        from ..model import mnist as data
+        from ..rounds.registry import Predictor, Registry
+        from ..rounds.retrain import RetrainJob
+        from ..store import FlagStore
+
+        # the campaign's labels are true: its flags count as verified, whatever DADC_VERIFIED_ONLY says
+        self.cfg = replace(cfg or RoundConfig.from_env(), verified_only=False)
+        self.threshold, self.seed, self.log, self.fresh_max = threshold, seed, log, fresh_max
+        campaign = read_drawings(drawings_dir)
+        self.families = families_of(drawings_dir) if fresh_max > 0 else []
+        order = np.random.default_rng(seed).permutation(len(campaign))
+        half = len(campaign) // 2
+        self.pool = [campaign[i] for i in order[:half]]
+        self.unseen = [campaign[i] for i in order[half:]]
+        self.unseen_pixels = {pixels(x) for x, _, _ in self.unseen}
+        arrays = data.fetch(home, log=lambda m: log(m))
+        self.test = data.tensors(arrays, "test")
+        self.registry = Registry(home, round0)
+        self.predictor = Predictor(self.registry)
+        self.store = FlagStore(home)
+        self.job = RetrainJob(self.registry, self.predictor, self.store, threshold, self.cfg, mnist=arrays)
+        self.flagged = set()  # indices of the pool drawings flagged
+        self.mnist = {}       # round name -> its MNIST test numbers
+        self.flags, self.fresh_total = 0, 0
+
+    def flag_round(self, r, name):
+        """Round r's flagging on the serving round `name`: the pool's drawings not yet flagged in turn,
+        then (when too few fool it and the campaign is the generator's) fresh ones, until `threshold`
+        flags. Returns (flags made, pool drawings tried, fresh drawings tried, fresh ones flagged)."""
+        new = tried = fresh = fresh_new = 0
+        for i, (x, y, path) in enumerate(self.pool):
+            if new >= self.threshold:
+                break
+            if i in self.flagged:
+                continue
+            tried += 1
+            if self.tries_on(name, x, y, lambda: _copy(path)):
+                self.flagged.add(i)
+                new += 1
+        if new < self.threshold and self.families:
+            self.log(f"round {r}: the pool holds only {new} drawings that fool {name}: the simulated people draw "
+                     f"fresh ones ({', '.join(self.families)}; seed {self.seed}, round {r}; at most {self.fresh_max})")
+            for x, y, canvas in fresh_drawings(self.families, self.seed, r):
+                if new >= self.threshold or fresh >= self.fresh_max:
+                    break
+                if pixels(x) in self.unseen_pixels:
+                    continue  # the unseen half stays unseen
+                fresh += 1
+                if self.tries_on(name, x, y, canvas):
+                    new += 1
+                    fresh_new += 1
+            self.fresh_total += fresh
+        return new, tried, fresh, fresh_new
+
+    def tries_on(self, name, x, y, canvas):
+        """One drawing tried on the serving round `name`; flagged (True) if it fools it."""
+        from ..examples import round_number
+
+        p = self.predictor.probs(x)[1]
+        if int(p.argmax()) == y:
+            return False
+        # the simulated person flags what fooled the model
+        self.store.append(x, y, canvas=canvas() if callable(canvas) else canvas, prediction=int(p.argmax()),
+                          confidences=[float(v) for v in p], round=round_number(name), session="simulate")
+        self.flags += 1
+        self.job.notify()
+        return True
+
+    def report(self, r, attempt=None, tries=None):
+        """Round r's row (logged as one JSON line): the serving round measured, the flags so far, the
+        drawings tried for it and the attempt's verdict."""
+        from ..rounds.gate import measure
+
+        name, model = self.predictor.serving
+        if name not in self.mnist:
+            self.mnist[name] = measure(model, {"test": self.test}, self.cfg, ("test",))
+        held = [e for e in self.store.examples() if e.held_out]
+        human = measure(model, {"holdout": self.store.tensors(held)}, self.cfg, ("holdout",))
+        row = {"round": r, "serving": name, "unseen_error": error_rate(self.predictor, self.unseen),
+               "mnist_test_acc": self.mnist[name]["clean_acc"], "robust_acc": self.mnist[name]["robust_acc"],
+               "human_acc": human["human_acc"], "human_n": human["human_n"], "flagged": self.flags}
+        if tries:
+            row.update(tries)
+        if attempt:
+            row.update({k: attempt.get(k) for k in ("passed", "reasons", "notes", "seconds")})
+        self.log(json.dumps(row))
+        return row
+
+    def matrix(self, rows):
+        """{served round: its accuracy on the held-out flags that fooled each round served before it}."""
+        from ..examples import round_number
+        from ..rounds.gate import matrix_row
+
+        served = list(dict.fromkeys(row["serving"] for row in rows))
+        examples = self.store.examples()
+        return {r: matrix_row(self.registry.load(r)[0], self.store, examples,
+                              [round_number(k) for k in served if round_number(k) < round_number(r)])
+                for r in served}
 
 
 def _copy(path):

@@ -40,30 +40,32 @@ def _front_matter(name, metrics, pgd, dataset_repo):
     return f"---\n{data.to_yaml()}\n---"
 
 
-def model_card(round_dir, counts=None, dataset_repo=None):
-    """A model card for one round: its metrics, its row of the matrix, the data it was trained on
-    and how."""
-    round_dir = Path(round_dir)
+def _read(round_dir):
+    """(metrics.json, config.json) of a round, each {} where missing or unreadable."""
     metrics, config = {}, {}
     for name, into in (("metrics.json", metrics), ("config.json", config)):
         try:
             into.update(json.loads((round_dir / name).read_text()))
         except (OSError, ValueError):
             pass
-    counts = dict(counts or {})
-    for key in ("data", "counts"):  # a trainer may have recorded its data counts in metrics.json
-        if not counts and isinstance(metrics.get(key), dict):
-            counts = metrics[key]
-    ev = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
-    n, robust_n = ev.get("n", metrics.get("n", "?")), ev.get("robust_n", ev.get("n", "?"))
-    pgd = f"PGD-{ev.get('steps', '?')} accuracy (Linf eps {ev.get('eps', '?')}, first {robust_n})"
+    return metrics, config
 
+
+def _part(metrics, key):
+    """A dict the metrics recorded under `key`, or {}."""
+    return metrics.get(key) if isinstance(metrics.get(key), dict) else {}
+
+
+def _evaluation(metrics, ev, pgd):
+    """The rows of the evaluation table: MNIST test, drawn digits, the validation slice and its
+    reference, the human hold-out, each where recorded."""
+    n, robust_n = ev.get("n", metrics.get("n", "?")), ev.get("robust_n", ev.get("n", "?"))
     rows = [("MNIST test, clean", n, _pct(metrics.get("clean_acc"))),
             (f"MNIST test, {pgd}", robust_n, _pct(metrics.get("robust_acc")))]
     if isinstance(metrics.get("autoattack_acc"), (int, float)):
         rows.append(("MNIST test, AutoAttack accuracy", metrics.get("autoattack_n", "?"),
                      _pct(metrics["autoattack_acc"])))
-    drawn = metrics.get("drawn") if isinstance(metrics.get("drawn"), dict) else {}
+    drawn = _part(metrics, "drawn")
     if isinstance(drawn.get("all"), dict):  # dadc.drawings.accuracy_by_family's result
         rows.append(("drawn digits (dadc.drawings), all", drawn["all"].get("n"), _pct(drawn["all"].get("acc"))))
         rows += [(f"drawn digits, {fam}", v.get("n"), _pct(v.get("acc")))
@@ -77,15 +79,17 @@ def model_card(round_dir, counts=None, dataset_repo=None):
                   val_n, f"{_pct(ref.get('val_clean_acc'))} / {_pct(ref.get('val_robust_acc'))}")]
     if "human_acc" in metrics:
         rows.append(("human examples held out of every round", metrics.get("human_n", "?"), _pct(metrics["human_acc"])))
+    return rows
 
-    matrix = metrics.get("matrix_row") if isinstance(metrics.get("matrix_row"), dict) else {}
-    gate = metrics.get("gate") if isinstance(metrics.get("gate"), dict) else {}
+
+def _body(name, rows, metrics, config, counts):
+    """The card's lines after the front matter: what the round is, then its tables."""
+    matrix, gate = _part(metrics, "matrix_row"), _part(metrics, "gate")
     train = metrics.get("train") or config.get("train") or {}
     parent = config.get("parent") or gate.get("base")  # the round it replaced
     init = train.get("init") or parent                  # the round it was fine-tuned from
-    return "\n".join([
-        _front_matter(round_dir.name, metrics, pgd, dataset_repo),
-        f"# DADC studio: {round_dir.name}",
+    return [
+        f"# DADC studio: {name}",
         "",
         "An MNIST digit classifier from a dynamic adversarial data collection loop: people drew digits",
         "the serving round got wrong, and this round was fine-tuned"
@@ -107,4 +111,20 @@ def model_card(round_dir, counts=None, dataset_repo=None):
         "",
         f"Architecture: `{config.get('net', config.get('arch', config.get('name', 'see config.json')))}`",
         "",
-    ])
+    ]
+
+
+def model_card(round_dir, counts=None, dataset_repo=None):
+    """A model card for one round: its metrics, its row of the matrix, the data it was trained on
+    and how."""
+    round_dir = Path(round_dir)
+    metrics, config = _read(round_dir)
+    counts = dict(counts or {})
+    for key in ("data", "counts"):  # a trainer may have recorded its data counts in metrics.json
+        if not counts and isinstance(metrics.get(key), dict):
+            counts = metrics[key]
+    ev = _part(metrics, "eval")
+    robust_n = ev.get("robust_n", ev.get("n", "?"))
+    pgd = f"PGD-{ev.get('steps', '?')} accuracy (Linf eps {ev.get('eps', '?')}, first {robust_n})"
+    return "\n".join([_front_matter(round_dir.name, metrics, pgd, dataset_repo),
+                      *_body(round_dir.name, _evaluation(metrics, ev, pgd), metrics, config, counts)])

@@ -108,6 +108,76 @@ class _Scheduler(CommitScheduler):
             return self._push(self.api)
 
 
+class _RoundPush:
+    """Promoted rounds waiting for the model repo, pushed from HubSync's push (the scheduler's
+    thread) until they get there, then the registry's state (CURRENT, history) when it changed."""
+
+    def __init__(self, model_repo, dataset_repo, registry, private, log):
+        self.model_repo, self.dataset_repo, self.registry, self.private = model_repo, dataset_repo, registry, private
+        self.log = log             # the HubSync's HubStatus
+        self._lock = threading.Lock()
+        self._queue = []           # (round dir, counts) waiting for the model repo, retried until pushed
+        self._ready = False        # the model repo exists (created once)
+        self._state_pushed = None  # the registry state (CURRENT, history) in the last push
+        self.pushed = []           # names of the rounds pushed
+
+    def waiting(self):
+        with self._lock:
+            return [d.name for d, _ in self._queue]
+
+    def add(self, round_dir, counts):
+        with self._lock:
+            self._queue.append((round_dir, counts))
+
+    def push(self, api, restored):
+        """Queued rounds, then the registry's state (CURRENT, history) when it changed. A round name
+        the model repo already has is never overwritten (a late restore can leave this home with
+        its own round-00N): that round stays local, and the status says so."""
+        if not self.model_repo or not (self._queue or self.registry is not None):
+            return
+        if not self._ready:
+            api.create_repo(self.model_repo, repo_type="model", private=self.private, exist_ok=True)
+            self._ready = True
+        on_hub = None
+        while self._queue:
+            round_dir, counts = self._queue[0]
+            if on_hub is None:
+                on_hub = {f.rfilename.split("/")[1] for f in api.repo_info(self.model_repo, repo_type="model").siblings
+                          or [] if f.rfilename.startswith("rounds/") and f.rfilename.count("/") == 2}
+            if round_dir.name in on_hub:
+                self.log.fail(RuntimeError(f"{round_dir.name} is already on the Hub"), "pushing a round",
+                              "It is kept locally, not overwritten.")
+            else:
+                self._push_round(api, round_dir, counts)
+            with self._lock:
+                self._queue.pop(0)
+        self._push_state(api, restored)
+
+    def _push_round(self, api, round_dir, counts):
+        card = model_card(round_dir, counts, dataset_repo=self.dataset_repo).encode()
+        ops = [CommitOperationAdd(path_or_fileobj=str(round_dir / f), path_in_repo=f"rounds/{round_dir.name}/{f}")
+               for f in ROUND_FILES if (round_dir / f).is_file()]
+        ops += [CommitOperationAdd(path_or_fileobj=card, path_in_repo=f"rounds/{round_dir.name}/README.md"),
+                CommitOperationAdd(path_or_fileobj=card, path_in_repo="README.md")]  # the latest round
+        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
+                          commit_message=f"Promote {round_dir.name}")
+        with self._lock:
+            self.pushed.append(round_dir.name)
+
+    def _push_state(self, api, restored):
+        """CURRENT and the history, so a fresh disk serves the same round and retrains nothing at
+        boot; only once restore() has worked (an empty disk must not overwrite the Hub's history)."""
+        if self.registry is None or not restored:
+            return
+        state = self.registry.state()
+        if not state or state == self._state_pushed:
+            return
+        ops = [CommitOperationAdd(path_or_fileobj=data, path_in_repo=path) for path, data in state.items()]
+        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
+                          commit_message="Rounds: CURRENT and history")
+        self._state_pushed = state
+
+
 class HubSync:
     """Background pushes of DADC_HOME/flags/data/<replica>/ to a Hub dataset repo, and of promoted
     rounds to a model repo. Construct (validates names, no network), restore(), then start()."""
@@ -132,12 +202,10 @@ class HubSync:
         self.scheduler = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._rounds = []        # (round dir, counts) waiting for the model repo, retried until pushed
-        self._model_repo_ready = False
-        self._state_pushed = None  # the registry state (CURRENT, history) in the last push
+        self._rounds = _RoundPush(self.model_repo, self.repo_id, registry, private, self.log)
         self._restored = False   # restore() has worked once (else the connect loop retries it)
         self.skipped_rows = 0    # restored Hub rows left out as bad (logged by "dadc.restore"), for admins
-        self.rounds_pushed = []
+        self.rounds_pushed = self._rounds.pushed  # names of the rounds pushed by this process
 
     def __repr__(self):
         return f"HubSync(repo_id={self.repo_id!r}, model_repo={self.model_repo!r}, every={self.every})"
@@ -157,10 +225,8 @@ class HubSync:
 
     def status(self):
         """For the dashboard. Safe to show: no token."""
-        with self._lock:
-            rounds_pending = [d.name for d, _ in self._rounds]
         return {"repo": self.repo_id, "model_repo": self.model_repo, "connected": self.scheduler is not None,
-                "last_push": self.log.last_push, "pending": self.pending(), "rounds_pending": rounds_pending,
+                "last_push": self.log.last_push, "pending": self.pending(), "rounds_pending": self._rounds.waiting(),
                 "last_error": self.log.last_error, "problem": self.log.last_problem}
 
     # --- restore -------------------------------------------------------------------------------
@@ -246,8 +312,7 @@ class HubSync:
         missing = [f for f in ROUND_FILES[:2] if not (round_dir / f).is_file()]
         if missing:
             raise ValueError(f"{round_dir} lacks {', '.join(missing)}")
-        with self._lock:
-            self._rounds.append((round_dir, dict(counts or {})))
+        self._rounds.add(round_dir, dict(counts or {}))
         return self.push_now()
 
     def stop(self, timeout=60):
@@ -276,56 +341,8 @@ class HubSync:
             except Exception as e:
                 raise self.log.fail(e, "pushing flags to the Hub") from None
             try:
-                self._push_rounds(api)
+                self._rounds.push(api, self._restored)
             except Exception as e:
                 raise self.log.fail(e, "pushing a round to the Hub", "The round is kept locally and retried.") from None
         self.log.pushed()
         return info
-
-    def _push_rounds(self, api):
-        """Queued rounds, then the registry's state (CURRENT, history) when it changed. A round name
-        the model repo already has is never overwritten (a late restore can leave this home with
-        its own round-00N): that round stays local, and the status says so."""
-        if not self.model_repo or not (self._rounds or self.registry is not None):
-            return
-        if not self._model_repo_ready:
-            api.create_repo(self.model_repo, repo_type="model", private=self.private, exist_ok=True)
-            self._model_repo_ready = True
-        on_hub = None
-        while self._rounds:
-            round_dir, counts = self._rounds[0]
-            if on_hub is None:
-                on_hub = {f.rfilename.split("/")[1] for f in api.repo_info(self.model_repo, repo_type="model").siblings
-                          or [] if f.rfilename.startswith("rounds/") and f.rfilename.count("/") == 2}
-            if round_dir.name in on_hub:
-                self.log.fail(RuntimeError(f"{round_dir.name} is already on the Hub"), "pushing a round",
-                              "It is kept locally, not overwritten.")
-            else:
-                self._push_round(api, round_dir, counts)
-            with self._lock:
-                self._rounds.pop(0)
-        self._push_state(api)
-
-    def _push_round(self, api, round_dir, counts):
-        card = model_card(round_dir, counts, dataset_repo=self.repo_id).encode()
-        ops = [CommitOperationAdd(path_or_fileobj=str(round_dir / f), path_in_repo=f"rounds/{round_dir.name}/{f}")
-               for f in ROUND_FILES if (round_dir / f).is_file()]
-        ops += [CommitOperationAdd(path_or_fileobj=card, path_in_repo=f"rounds/{round_dir.name}/README.md"),
-                CommitOperationAdd(path_or_fileobj=card, path_in_repo="README.md")]  # the latest round
-        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
-                          commit_message=f"Promote {round_dir.name}")
-        with self._lock:
-            self.rounds_pushed.append(round_dir.name)
-
-    def _push_state(self, api):
-        """CURRENT and the history, so a fresh disk serves the same round and retrains nothing at
-        boot; only once restore() has worked (an empty disk must not overwrite the Hub's history)."""
-        if self.registry is None or not self._restored:
-            return
-        state = self.registry.state()
-        if not state or state == self._state_pushed:
-            return
-        ops = [CommitOperationAdd(path_or_fileobj=data, path_in_repo=path) for path, data in state.items()]
-        api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
-                          commit_message="Rounds: CURRENT and history")
-        self._state_pushed = state

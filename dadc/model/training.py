@@ -121,7 +121,16 @@ def fast_bf16(device) -> bool:
     """Whether bfloat16 math is native here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "cpu" and _cpu_does_bf16()
+
+
+def _cpu_does_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 or AMX tiles, the instructions oneDNN runs bfloat16 on."""
+    # PRIVATE torch API: torch.cpu._is_avx512_bf16_supported() and torch.cpu._is_amx_tile_supported()
+    # (underscored: no stability promise; both read torch.cpu's CPU capabilities). Public torch has no
+    # way to ask this, and it decides whether bf16 autocast is a speed-up (native) or a slowdown
+    # (emulated) on a CPU. The only place that calls them: if a torch upgrade renames them, fix it here.
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def one_cycle(step, total, peak, warmup):
@@ -146,92 +155,139 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
         pool = [t.to(device) for t in augment.pool(x, y, cfg.augment_n, cfg.augment_drawings, seed=cfg.seed)]
     x, y, w = mix_human(x, y, human, cfg.human_weight, cfg.human_repeat)
     x, y, w = x.to(device), y.to(device), w.to(device)  # resident: no per-batch copies
-    model.to(device).train()
-    net = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    alpha = cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and fast_bf16(device))
-    if device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC tensors
-        model.to(memory_format=torch.channels_last)
+    run = _Run(model, cfg, device, (x, y, w), pool, validate)
+    history = []
+    bar = tqdm(total=run.total, desc="train", unit="step", disable=not progress)
+    while run.step < run.total:
+        history.append({"epoch": len(history) + 1, **run.epoch(bar, callback)})
+        if validate:
+            run.select(history[-1])
+    bar.close()
+    run.finish(history)
+    return history
 
-    n, bs = len(x), cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total = max(1, round(cfg.epochs * steps_per_epoch))
-    split = bs - int(round(cfg.fraction * bs)) if cfg.attack != "none" else bs  # clean | adversarial
-    gen = torch.Generator().manual_seed(cfg.seed)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema else None
-    shadow = copy.deepcopy(model) if (ema is not None or validate) else None  # the weights to validate
-    best = None                                                                # (score, state_dict)
-    late_from = total - round(cfg.late * total) if cfg.steps_late else total + 1
-    history, step = [], 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
-    while step < total:
-        order = torch.randperm(n, generator=gen).to(device)
-        sums = torch.zeros(4, device=device)  # clean loss, clean errors, adversarial loss, adversarial errors
-        counts = [0, 0]                       # clean, adversarial examples seen
+
+class _Run:
+    """One call of train(): the optimizer and the schedule, set up once (__init__); then epochs of
+    batches (epoch, batch, update), each batch's attack budget following the step (budget); after
+    each epoch, with validate, the score of the weights that would be returned (select); at the end,
+    the weights returned (finish). All randomness in the order the recipe has always drawn it: the
+    order of an epoch, then per batch the pool's picks, then the attack's random start."""
+
+    def __init__(self, model, cfg, device, data, pool, validate):
+        """Before the first batch: the optimizer, the bf16 autocast, the run's length in steps, the
+        split of a batch, the batch order's generator, the EMA and the copy that validation scores."""
+        self.model, self.cfg, self.device, self.validate = model, cfg, device, validate
+        self.data, self.pool = data, pool  # (x, y, loss weights) on the device; the canvas-rendered pool or None
+        model.to(device).train()
+        self.net = torch.compile(model) if cfg.compile else model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.alpha = cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and fast_bf16(device))
+        if device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC tensors
+            model.to(memory_format=torch.channels_last)
+        self.n, self.bs = len(data[0]), cfg.batch_size
+        self.total = max(1, round(cfg.epochs * math.ceil(self.n / self.bs)))
+        # a batch is clean up to `split`, adversarial from there
+        self.split = self.bs - int(round(cfg.fraction * self.bs)) if cfg.attack != "none" else self.bs
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema else None
+        self.shadow = copy.deepcopy(model) if (self.ema is not None or validate) else None  # the weights to validate
+        self.best = None                                                                      # (score, state_dict)
+        self.late_from = self.total - round(cfg.late * self.total) if cfg.steps_late else self.total + 1
+        self.step = 0
+
+    def epoch(self, bar, callback):
+        """One pass over the data in a new random order, or what is left of the run's steps: the
+        epoch's monitored metrics, seconds and throughput."""
+        x, y, w = self.data
+        order = torch.randperm(self.n, generator=self.gen).to(self.device)
+        sums = torch.zeros(4, device=self.device)  # clean loss, clean errors, adversarial loss, adversarial errors
+        counts = [0, 0]                            # clean, adversarial examples seen
         start = time.perf_counter()
-        for i in range(0, n, bs):
-            if step >= total:
+        for i in range(0, self.n, self.bs):
+            if self.step >= self.total:
                 break
-            idx = order[i:i + bs]
-            xb, yb, wb = x[idx], y[idx], w[idx]
-            if pool is not None:  # a random part of the batch from the canvas-rendered pool
-                take = torch.rand(len(idx), generator=gen) < cfg.augment
-                m = int(take.sum())
-                if m:
-                    pick = torch.randint(len(pool[0]), (m,), generator=gen).to(device)
-                    take = take.to(device)
-                    xb, yb, wb = xb.clone(), yb.clone(), wb.clone()
-                    xb[take], yb[take], wb[take] = pool[0][pick], pool[1][pick], 1.0
-            k = min(split, len(idx))
-            x_adv = None
-            if k < len(idx):  # attack the tail of the batch, in eval mode (inside the attack)
-                eps = cfg.eps * min(1.0, step / (cfg.eps_ramp * total)) if cfg.eps_ramp else cfg.eps
-                steps, a = (cfg.steps, alpha) if step < late_from else (
-                    cfg.steps_late, cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps_late)
-                with autocast:
-                    x_adv = _attack(net, xb[k:], yb[k:], eps, a, steps, cfg)
-                if cfg.loss == "ce":
-                    xb, x_adv = torch.cat([xb[:k], x_adv]), None
-            for group in optimizer.param_groups:
-                group["lr"] = one_cycle(step, total, cfg.lr, cfg.warmup)
-            if x_adv is None:
-                logits, losses = _update(net, optimizer, xb, yb, wb, autocast)
-            else:
-                logits, losses = _update_trades(net, optimizer, xb, x_adv, yb, wb, k, cfg.beta, autocast)
-            if ema is not None:
-                _ema_update(ema, model, cfg.ema, step)
-
+            idx = order[i:i + self.bs]
+            xb, yb, wb = self.batch(x[idx], y[idx], w[idx])
+            k = min(self.split, len(idx))
+            logits, losses = self.update(xb, yb, wb, k)
             with torch.no_grad():  # stays on the device: no sync until the next progress update
                 wrong = (logits.argmax(1) != yb).float()
                 sums += torch.stack([losses[:k].sum(), wrong[:k].sum(), losses[k:].sum(), wrong[k:].sum()])
             counts[0] += k
             counts[1] += len(idx) - k
-            step += 1
-            if step % 50 == 0 or step == total:
+            self.step += 1
+            if self.step % 50 == 0 or self.step == self.total:
                 metrics = _metrics(sums, counts)
                 bar.set_postfix({k_: f"{v:.3f}" for k_, v in metrics.items()}, refresh=False)
                 if callback:
-                    callback(step, total, metrics)
+                    callback(self.step, self.total, metrics)
             bar.update(1)
         seconds = time.perf_counter() - start
-        history.append({"epoch": len(history) + 1, **_metrics(sums, counts), "seconds": round(seconds, 2),
-                        "samples_per_s": round(sum(counts) / seconds, 1)})
-        if validate:
-            shadow.load_state_dict(ema if ema is not None else model.state_dict())
-            val = validate(shadow.eval())
-            history[-1]["val"] = val
-            if best is None or val["score"] > best[0]:
-                best = (val["score"], {k: v.detach().clone() for k, v in shadow.state_dict().items()})
-            model.train()
-    bar.close()
-    if best is not None:
-        model.load_state_dict(best[1])
-        history[[h.get("val", {}).get("score") for h in history].index(best[0])]["selected"] = True
-    elif ema is not None:
-        model.load_state_dict(ema)
-    model.eval()
-    return history
+        return {**_metrics(sums, counts), "seconds": round(seconds, 2),
+                "samples_per_s": round(sum(counts) / seconds, 1)}
+
+    def batch(self, xb, yb, wb):
+        """The batch, a random part of it (cfg.augment) replaced by examples of the canvas-rendered pool."""
+        if self.pool is None:
+            return xb, yb, wb
+        take = torch.rand(len(xb), generator=self.gen) < self.cfg.augment
+        m = int(take.sum())
+        if m:
+            pick = torch.randint(len(self.pool[0]), (m,), generator=self.gen).to(self.device)
+            take = take.to(self.device)
+            xb, yb, wb = xb.clone(), yb.clone(), wb.clone()
+            xb[take], yb[take], wb[take] = self.pool[0][pick], self.pool[1][pick], 1.0
+        return xb, yb, wb
+
+    def update(self, xb, yb, wb, k):
+        """One optimizer step on a batch whose tail (from k) is attacked first: (logits, per-example losses)."""
+        cfg, x_adv = self.cfg, None
+        if k < len(xb):  # attack the tail of the batch, in eval mode (inside the attack)
+            eps, steps, alpha = self.budget()
+            with self.autocast:
+                x_adv = _attack(self.net, xb[k:], yb[k:], eps, alpha, steps, cfg)
+            if cfg.loss == "ce":
+                xb, x_adv = torch.cat([xb[:k], x_adv]), None
+        for group in self.optimizer.param_groups:
+            group["lr"] = one_cycle(self.step, self.total, cfg.lr, cfg.warmup)
+        if x_adv is None:
+            logits, losses = _update(self.net, self.optimizer, xb, yb, wb, self.autocast)
+        else:
+            logits, losses = _update_trades(self.net, self.optimizer, xb, x_adv, yb, wb, k, cfg.beta, self.autocast)
+        if self.ema is not None:
+            _ema_update(self.ema, self.model, cfg.ema, self.step)
+        return logits, losses
+
+    def budget(self):
+        """(eps, PGD steps, step size) of this step's attack: eps grows over the first eps_ramp of
+        training; the last `late` of it uses steps_late steps (and their step size)."""
+        cfg, step = self.cfg, self.step
+        eps = cfg.eps * min(1.0, step / (cfg.eps_ramp * self.total)) if cfg.eps_ramp else cfg.eps
+        if step < self.late_from:
+            return eps, cfg.steps, self.alpha
+        return eps, cfg.steps_late, cfg.alpha if cfg.alpha is not None else 2.5 * cfg.eps / cfg.steps_late
+
+    def select(self, row):
+        """After an epoch: validate the weights that would be returned (the EMA's, if any), record the
+        scores in the epoch's history row, and keep those weights if they score best so far."""
+        self.shadow.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
+        val = self.validate(self.shadow.eval())
+        row["val"] = val
+        if self.best is None or val["score"] > self.best[0]:
+            self.best = (val["score"], {k: v.detach().clone() for k, v in self.shadow.state_dict().items()})
+        self.model.train()
+
+    def finish(self, history):
+        """The model ends with the best validated epoch's weights (marked "selected"), else the EMA's,
+        else the last; in eval mode."""
+        if self.best is not None:
+            self.model.load_state_dict(self.best[1])
+            history[[h.get("val", {}).get("score") for h in history].index(self.best[0])]["selected"] = True
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema)
+        self.model.eval()
 
 
 def _ema_update(ema, model, decay, step):

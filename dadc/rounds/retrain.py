@@ -71,6 +71,45 @@ except Exception:  # not installed (e.g. the GPU device): plain CPU/CUDA call
     pass
 
 
+# --- one round's data and training, plain functions of their inputs (RetrainJob.run_round) ---------
+
+def round_data(arrays, store, registry, cfg, attempt):
+    """A fresh MNIST sample, the human examples to train on, the gate's fixed sets, and the
+    held-out human examples: (x, y, (human x, human y), sets, counts, held-out rows)."""
+    from ..model import mnist as data
+
+    x, y = data.tensors(arrays, "train")
+    xt, yt = data.tensors(arrays, "test")
+    n = len(x) - cfg.val_n  # the last val_n are the gate's validation slice: never trained on
+    if not 0 < n < len(x):
+        raise ValueError(f"val_n={cfg.val_n}: must be between 1 and {len(x) - 1}")
+    g = torch.Generator().manual_seed(cfg.seed + attempt)  # a fresh MNIST sample each round
+    idx = torch.randperm(n, generator=g)[:cfg.mnist_n]
+    usable = eligible(store.examples(), cfg)
+    since = max((h["time"] for h in registry.history() if h.get("event") == "attempt"), default="")
+    train_rows = for_round([e for e in usable if not e.held_out], since, cfg.human_max, cfg.seed + attempt)
+    hold_rows = sample([e for e in usable if e.held_out], cfg.human_max, cfg.seed + attempt)
+    sets = {"val": (x[n:], y[n:]), "test": (xt[:cfg.eval_n], yt[:cfg.eval_n]),
+            "holdout": store.tensors(hold_rows)}
+    counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows),
+              "human eligible": len(usable)}
+    return x[idx], y[idx], store.tensors(train_rows), sets, counts, hold_rows
+
+
+def train_candidate(registry, net, x, y, human, cfg, attempt, progress=None):
+    """Fine-tune round-000 (REFERENCE) on the round's data: (the candidate, in eval mode, and its
+    training config). `fine_tune` is this module's, looked up at call time (tests replace it)."""
+    model = registry.load(REFERENCE)[0]
+    train_cfg = {"net": net, "epochs": cfg.epochs, "lr": cfg.lr, "warmup": 0.2, "attack": "pgd",
+                 "eps": cfg.eps, "steps": cfg.steps, "human_repeat": cfg.human_repeat,
+                 "human_weight": cfg.human_weight, "seed": cfg.seed + attempt, "init": REFERENCE}
+    state = fine_tune(model.state_dict(), net, x, y, *human, {k: v for k, v in train_cfg.items() if k != "init"},
+                      callback=progress)
+    candidate, _, _ = registry.load(REFERENCE)
+    candidate.load_state_dict(state)
+    return candidate.eval(), train_cfg
+
+
 class RetrainJob:
     """At most one retraining thread at a time, started by notify() once `threshold` new eligible
     examples have arrived since the last round started. Flags that arrive while it runs are counted,
@@ -218,16 +257,20 @@ class RetrainJob:
         start = time.perf_counter()
         attempt = sum(1 for h in self.registry.history() if h.get("event") == "attempt") + 1
         self._stage("loading data")
-        x, y, human, sets, counts, hold_rows = self._data(attempt)
+        if callable(self.mnist):
+            self.mnist = self.mnist()
+        x, y, human, sets, counts, hold_rows = round_data(self.mnist, self.store, self.registry, self.cfg, attempt)
         base = self.predictor.round  # the serving round: the candidate must do as well on the human hold-out
         model, net_config, _ = self.registry.load(base)
         self._stage("training")
+        # on ZeroGPU the call runs in another process: no progress callback (a closure does not travel)
+        progress = None if config.zero_gpu() else (lambda done, total, m: self._stage("training", done, total))
         # Every round fine-tunes round-000 (the gate's reference) on MNIST plus the human examples so
         # far (new ones first, then a replay sample, at most human_max), as DADC rounds train on all
         # data collected: fine-tuning the serving round compounds each round's small loss of clean
         # and PGD accuracy (simulate: MNIST test clean 99.23% -> 99.00% after four promoted rounds).
-        candidate, train_cfg = self._train(self.registry.load(REFERENCE)[0], net_config["net"], REFERENCE,
-                                           x, y, human, attempt)
+        candidate, train_cfg = train_candidate(self.registry, net_config["net"], x, y, human, self.cfg, attempt,
+                                               progress)
         reference = cached_reference(self.registry.history(), self.cfg)
         if reference is None:  # once per home (and settings): the floors' fixed reference
             self._stage(f"gate: measuring {REFERENCE} on the validation slice (once)")
@@ -252,44 +295,6 @@ class RetrainJob:
         self.registry.record(entry)
         self.status = Status("idle", f"promoted {entry['round']}" if passed else "rejected: " + "; ".join(reasons))
         return entry
-
-    def _data(self, attempt):
-        """A fresh MNIST sample, the human examples to train on, the gate's fixed sets, and the
-        held-out human examples."""
-        from ..model import mnist as data
-
-        cfg = self.cfg
-        if callable(self.mnist):
-            self.mnist = self.mnist()
-        x, y = data.tensors(self.mnist, "train")
-        xt, yt = data.tensors(self.mnist, "test")
-        n = len(x) - cfg.val_n  # the last val_n are the gate's validation slice: never trained on
-        if not 0 < n < len(x):
-            raise ValueError(f"val_n={cfg.val_n}: must be between 1 and {len(x) - 1}")
-        g = torch.Generator().manual_seed(cfg.seed + attempt)  # a fresh MNIST sample each round
-        idx = torch.randperm(n, generator=g)[:cfg.mnist_n]
-        usable = eligible(self.store.examples(), cfg)
-        since = max((h["time"] for h in self.registry.history() if h.get("event") == "attempt"), default="")
-        train_rows = for_round([e for e in usable if not e.held_out], since, cfg.human_max, cfg.seed + attempt)
-        hold_rows = sample([e for e in usable if e.held_out], cfg.human_max, cfg.seed + attempt)
-        sets = {"val": (x[n:], y[n:]), "test": (xt[:cfg.eval_n], yt[:cfg.eval_n]),
-                "holdout": self.store.tensors(hold_rows)}
-        counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows),
-                  "human eligible": len(usable)}
-        return x[idx], y[idx], self.store.tensors(train_rows), sets, counts, hold_rows
-
-    def _train(self, model, net, base, x, y, human, attempt):
-        cfg = self.cfg
-        train_cfg = {"net": net, "epochs": cfg.epochs, "lr": cfg.lr, "warmup": 0.2, "attack": "pgd",
-                     "eps": cfg.eps, "steps": cfg.steps, "human_repeat": cfg.human_repeat,
-                     "human_weight": cfg.human_weight, "seed": cfg.seed + attempt, "init": base}
-        # on ZeroGPU the call runs in another process: no progress callback (a closure does not travel)
-        progress = None if config.zero_gpu() else (lambda done, total, m: self._stage("training", done, total))
-        state = fine_tune(model.state_dict(), net, x, y, *human, {k: v for k, v in train_cfg.items() if k != "init"},
-                          callback=progress)
-        candidate, _, _ = self.registry.load(base)
-        candidate.load_state_dict(state)
-        return candidate.eval(), train_cfg
 
     def _promote(self, candidate, net, train_cfg, base, metrics, counts, entry):
         name = self.registry.promote(candidate, {"net": net, "train": train_cfg, "parent": base}, metrics)

@@ -1,4 +1,4 @@
-"""Studio: everything the app does, as plain Python (no Gradio): predict, flag, verify, roll back,
+"""Studio: everything the app does, as plain Python (no Gradio): predict, flag, vote, roll back,
 and the numbers the dashboard shows. Errors meant for the visitor are StudioError, whose message
 is safe to show; ui.py turns them into Gradio errors in one place.
 
@@ -59,6 +59,53 @@ def check_digit(digit):
         raise StudioError(f"Nothing stored: the true digit must be an integer 0-9, got {digit!r}.") from None
 
 
+def check_vote(agree, digit):
+    """A vote's agree (a bool) and its optional right digit (0-9, with a 'no' only), else a clear error."""
+    if not isinstance(agree, bool):
+        raise StudioError(f"agree must be true or false, got {agree!r}.")
+    if digit is not None and (agree or isinstance(digit, bool) or digit not in range(10)):
+        raise StudioError("The right digit (0-9) goes only with a 'no' vote.")
+
+
+def example_of(store, id_):
+    """The stored example with this id, else a clear error."""
+    example = store.find(id_) if isinstance(id_, str) else None
+    if example is None:
+        raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
+    return example
+
+
+def usable(example, cfg):
+    """Whether a round may learn from this example (examples.eligible)."""
+    return bool(eligible([example], cfg))
+
+
+def votes_on(example, votes):
+    """Where the votes on an example stand, as Studio.vote answers."""
+    return {"id": example.id, "agree": example.agree, "disagree": example.disagree,
+            "verified": example.verified(votes), "corrected": example.corrected(votes), "decided": example.decided(votes)}
+
+
+def require_admin(admin, what):
+    """Checked in the handler's path, so it holds however the event is called (API name, queue
+    index, a hidden button): hiding a control is not a permission check."""
+    if not admin:
+        raise StudioError(f"Only an admin may {what} (log in with a Hugging Face account named in DADC_ADMINS).")
+
+
+def receipt(job, cfg, name, digit, prediction, confidence):
+    """The flag's receipt text: what round `name` said, and when the next round comes."""
+    _, more = job.pending()
+    if job.running:
+        after = "a new round is training now"
+    else:
+        after = f"{more} more {'verified ' if cfg.verified_only else ''}until the next round"
+    r = round_number(name)
+    head = (f"You fooled round {r}: it said {prediction}" if prediction != digit
+            else f"Saved: round {r} said {prediction} ({confidence:.0%} sure)")
+    return f"{head}. {after}."
+
+
 class Studio:
     def __init__(self, settings, round0=ROUND0, round_cfg=None, sync=None, mnist=None):
         """sync: a function (store, registry) -> HubSync or None (None: local only). One Studio per
@@ -82,7 +129,22 @@ class Studio:
         self.nicknames = Nicknames(settings.home / "nicknames.json")
         self.limits = FlagLimits(settings, stored=self.store.count())
         self.restoring = False  # the Hub restore is running (start())
-        self.counts = dashboard.Counts(self)  # the dashboard's counts, shared by all visitors
+        self._board = dashboard.Parts(dashboard.Counts(self.store, self.cfg), self.cfg, self.registry, self.predictor,
+                                      self.job, self.sync, self.attempts, self.nicknames)  # counts shared by all
+
+    @property
+    def serving(self):
+        """The name of the round that answers now (e.g. "round-003")."""
+        return self.predictor.round
+
+    @property
+    def files_root(self):
+        """The folder the flags' files live under (the page may serve files from it)."""
+        return self.store.root
+
+    def examples(self):
+        """Every stored flagged example (store.examples())."""
+        return self.store.examples()
 
     def start(self, background=True):
         """Restore from the Hub (when one is configured) and start the Hub sync and any round due.
@@ -165,23 +227,12 @@ class Studio:
         if not self.cfg.verified_only:
             self.job.notify()
         return {"id": id_, "saved": True, "label": digit, "prediction": prediction, "fooled": prediction != digit,
-                "round": name, "message": self._receipt(name, digit, prediction, p[prediction])}
+                "round": name, "message": receipt(self.job, self.cfg, name, digit, prediction, p[prediction])}
 
-    def _receipt(self, name, digit, prediction, confidence):
-        _, more = self.job.pending()
-        if self.job.running:
-            after = "a new round is training now"
-        else:
-            after = f"{more} more {'verified ' if self.cfg.verified_only else ''}until the next round"
-        r = round_number(name)
-        head = (f"You fooled round {r}: it said {prediction}" if prediction != digit
-                else f"Saved: round {r} said {prediction} ({confidence:.0%} sure)")
-        return f"{head}. {after}."
-
-    # --- verify ---
+    # --- vote ---
 
     def next_to_vote(self, who):
-        """Someone else's example this visitor has not judged yet and nobody has decided, fewest
+        """Someone else's example this visitor has not voted on yet and nobody has decided, fewest
         votes first; None if none."""
         e = self.store.next_to_vote(visitor(who).id, self.cfg.votes)
         return None if e is None else {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
@@ -193,36 +244,21 @@ class Studio:
         who = visitor(who)
         if self.settings.vote_login and who.anonymous:
             raise StudioError("Log in with Hugging Face to vote.")
-        example = self._example(id_)
+        example = example_of(self.store, id_)
         if example.session == who.id:
             raise StudioError("You cannot verify your own example (you may retract it).")
-        if not isinstance(agree, bool):
-            raise StudioError(f"agree must be true or false, got {agree!r}.")
-        if digit is not None and (agree or isinstance(digit, bool) or digit not in range(10)):
-            raise StudioError("The right digit (0-9) goes only with a 'no' vote.")
+        check_vote(agree, digit)
         self._cast(example, who, agree, digit)
-        example = self.store.find(id_)
-        return {"id": id_, "agree": example.agree, "disagree": example.disagree,
-                "verified": example.verified(self.cfg.votes), "corrected": example.corrected(self.cfg.votes),
-                "decided": example.decided(self.cfg.votes)}
+        return votes_on(self.store.find(id_), self.cfg.votes)
 
     def retract(self, id_, who):
         """The flagger takes their own example back: it trains nothing and is asked of nobody."""
         who = visitor(who)
-        example = self._example(id_)
+        example = example_of(self.store, id_)
         if example.session != who.id:
             raise StudioError("Only the person who flagged an example may retract it.")
         self._cast(example, who, False, None)
         return {"id": id_, "retracted": True}
-
-    def _example(self, id_):
-        example = self.store.find(id_) if isinstance(id_, str) else None
-        if example is None:
-            raise StudioError(f"No flagged example with id {str(id_)[:80]!r}.")
-        return example
-
-    def _usable(self, example):
-        return bool(eligible([example], self.cfg))
 
     def _cast(self, example, who, agree, digit):
         try:
@@ -230,7 +266,7 @@ class Studio:
         except (StoreError, ValueError) as e:
             raise StudioError(str(e)) from None
         self._changed()
-        if self.cfg.verified_only and not self._usable(example) and self._usable(self.store.find(example.id)):
+        if self.cfg.verified_only and not usable(example, self.cfg) and usable(self.store.find(example.id), self.cfg):
             self.job.notify()  # it just became something a round may learn from
 
     # --- rounds ---
@@ -239,14 +275,8 @@ class Studio:
         who = visitor(who)
         return who.username is not None and who.username in self.settings.admins
 
-    def _require_admin(self, who, what):
-        # checked here, in the handler's path, so it holds however the event is called (API name,
-        # queue index, a hidden button): hiding a control is not a permission check
-        if not self.is_admin(who):
-            raise StudioError(f"Only an admin may {what} (log in with a Hugging Face account named in DADC_ADMINS).")
-
     def rollback(self, name, who=None):
-        self._require_admin(who, "roll back the served round")
+        require_admin(self.is_admin(who), "roll back the served round")
         if self.job.running:
             raise StudioError("A round is training: roll back when it has finished.")
         try:
@@ -265,11 +295,11 @@ class Studio:
             raise StudioError(str(e)) from None
 
     def retrain_now(self, who=None):
-        self._require_admin(who, "start a retraining round")
+        require_admin(self.is_admin(who), "start a retraining round")
         return "Retraining started." if self.job.run_now() else "A round is already training."
 
     # --- dashboard ---
 
     def dashboard(self, who=None):
         """The dashboard's numbers (dashboard.py); repo ids and error texts only for admins."""
-        return dashboard.numbers(self, self.is_admin(who))
+        return dashboard.numbers(self._board, self.is_admin(who), self.restoring)

@@ -11,7 +11,7 @@ is preprocess.to_mnist's reading of it. to_canvas() makes such a canvas from an 
   -> one affine onto the canvas: scale (the digit 45-420 px tall), rotation, shear, position
   -> black ink on white, as the Sketchpad's composite
 
-pool() renders n of them once (and, optionally, dadc.drawings' mouse-drawn and font digits) into a tensor
+pool() renders n of them once (and, optionally, drawings.py's mouse-drawn and font digits) into a tensor
 pool that training.train samples a fraction of each batch from: about 10 ms an image on one core
 (measured on the shared 2-core development CPU), paid once before training, nothing per batch. Pure numpy and PIL (no scipy), as the app's runtime.
 """
@@ -64,7 +64,7 @@ def large(x28, size=CANVAS):
 
 def pool(x, y, n, drawings_per_family=0, seed=0):
     """(x, y) tensors: n random MNIST digits of (x, y) through to_canvas and preprocess.to_mnist, plus
-    drawings_per_family dadc.drawings digits of each family (digits cycling 0-9, styles at random)
+    drawings_per_family drawings.py digits of each family (digits cycling 0-9, styles at random)
     through to_mnist. Seeded; canvases the preprocessing refuses (an empty crop) are left out."""
     rng = np.random.default_rng([seed, 14])
     idx = rng.choice(len(x), size=min(n, len(x)), replace=False) if n else np.array([], dtype=int)

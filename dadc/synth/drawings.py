@@ -25,10 +25,10 @@ Families (the pose and brush; every family draws every style of every digit):
   tilted           as mouse, tilted 10-22 deg either way (and slanted as mouse: up to 30 deg in all)
   offcentre_small  small (45-140 px) and anywhere on the canvas, corners included
   large            nearly the whole canvas (370-435 px tall)
-  font             not drawn: a digit typed in a font the training never saw (dadc.fonts), style = the font
+  font             not drawn: a digit typed in a font the training never saw (fonts.py), style = the font
 
 make(out_dir, n, seed) writes PNG canvases and labels.csv (file,label,family,style), the format that
-dadc.simulate.read_drawings and accuracy_by_family read. Drawing i of a family depends only on
+campaign/simulate.read_drawings and model/evaluate.accuracy_by_family read. Drawing i of a family depends only on
 (seed, family, i): the same seed always gives the same files.
 """
 import math
@@ -232,7 +232,7 @@ FAMILIES = {
     "offcentre_small": dict(brush=(6, 20), height=(45, 140), tilt=(0, 10), shear=0.15, tremor=1.0,
                             where="anywhere"),
     "large": dict(brush=(12, 36), height=(370, 435), tilt=(0, 6), shear=0.1, tremor=1.0, where="centre"),
-    "font": {},  # not strokes: a font's digit (dadc.fonts), its style the font's name
+    "font": {},  # not strokes: a font's digit (fonts.py), its style the font's name
 }
 
 

@@ -1,5 +1,5 @@
 """Digits typed in a font and put on the canvas: visitors who trace or paste a printed digit, and a
-family of digits the stroke generator (dadc.drawings) does not make.
+family of digits the stroke generator (drawings.py) does not make.
 
 A font's digit is rendered large (FreeType, anti-aliased), sometimes made bolder (a wider pen), then
 scaled (45-380 px tall), slanted, tilted and placed on the app's canvas the way
@@ -7,7 +7,7 @@ augment.py places an MNIST digit: black ink on opaque white, as the Sketchpad's 
 
 Which fonts: TRAINING names the fonts that every machine running the app has, because they come with
 the project (the KaTeX fonts in typefaces/, which gradio also ships; Pillow's own Aileron): training uses
-only those, so a recipe trains the same everywhere. The "font" family of dadc.drawings (what
+only those, so a recipe trains the same everywhere. The "font" family of drawings.py (what
 evaluation measures) uses every other font found on the machine (e.g. DejaVu, Liberation under
 /usr/share/fonts), fonts no model here was trained on; a machine with none falls back to TRAINING.
 A font is kept only if its ten digits are ten different glyphs (KaTeX's Size and Script fonts have

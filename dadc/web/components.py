@@ -15,6 +15,8 @@ class Digit(gr.Radio):
     """gr.Radio of the digits 0-9 whose value is an int; any other value gets a clear message."""
 
     def get_block_name(self):
+        # Gradio (6.31) picks the browser component by the block name, which it derives from the
+        # class name ("digit": no such component); a subclass of a built-in names its parent's
         return "radio"
 
     def preprocess(self, payload):
@@ -59,8 +61,9 @@ class Canvas(bounds.BoundedBlobs, gr.Sketchpad):
             raise gr.Error("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
 
     def convert_and_format_image(self, file, flatten_on_white=False):
-        # Gradio converts every image to RGBA, and PIL clips a 16-bit greyscale image to white on
-        # the way: read such images ourselves
+        # An ImageEditor internal (Gradio 6.31), not a documented hook: preprocess() calls it for
+        # each image of the value. Gradio converts every image to RGBA, and PIL clips a 16-bit
+        # greyscale image to white on the way: read such images ourselves
         if isinstance(file, FileData):
             with Image.open(file.path) as im:
                 if im.mode.startswith("I") or im.mode == "F":

@@ -1,17 +1,31 @@
-// The Draw tab in the browser (dadc/page.py says why it exists). The events' js= in dadc/ui.py
-// call window.dadc: latest() and next() for the live prediction, snapshot() for the flag, undo()
-// and clear() for the buttons under the canvas.
+// The Draw tab in the browser (dadc/web/page.py says why it exists). The events' js= in
+// dadc/web/ui.py call window.dadc: latest() and next() for the live prediction, snapshot() for the
+// flag, undo() and clear() for the buttons under the canvas.
 (() => {
   const CANVAS = __CANVAS__;
   const $ = (selector) => document.querySelector(selector);
   let seq = 0;
 
-  // Gradio's ImageEditor (6.31) publishes its Pixi application as globalThis.__PIXI_APP__ (a
-  // devtools hook); the drawing is the stage's child that holds the layers (sortableChildren).
-  // The browser tests fail if a Gradio upgrade changes either.
+  // --- Gradio's ImageEditor, as this page relies on it (Gradio 6.31; no public JS API, gradio#11488).
+  // Every use of its insides goes through these functions; the browser tests fail if an upgrade
+  // changes one.
+
+  // Its Pixi application, published as globalThis.__PIXI_APP__ (a devtools hook).
+  const pixiApp = () => globalThis.__PIXI_APP__;
+  // The drawing: the stage's child that holds the layers (the one with sortableChildren).
+  const drawing = (app) => app && app.stage && app.stage.children.find((c) => c.sortableChildren);
+  // Its tools: the toolbar's buttons, the chosen one marked with the class "highlight".
+  const toolButtons = () => [...document.querySelectorAll("#canvas .toolbar-wrap button")];
+  const chosen = (button) => button.classList.contains("highlight");
+  // Its Undo, Redo and Clear canvas: the last three icon buttons, found by place, as their labels
+  // are translated into the visitor's language.
+  const editorButton = (name) =>
+    [...document.querySelectorAll("#canvas button.icon-button")].at({ undo: -3, clear: -1 }[name]);
+  // --- end of the editor's insides
+
   function snapshot() {
-    const app = globalThis.__PIXI_APP__;
-    const image = app && app.stage && app.stage.children.find((c) => c.sortableChildren);
+    const app = pixiApp();
+    const image = drawing(app);
     if (!image) return null;
     // the Sketchpad's own export of its composite, call for call: the same pixels, so the flag
     // (which sends this too) stores exactly the prediction the visitor saw
@@ -46,21 +60,19 @@
   // The editor starts, and starts again after every clear, with no tool chosen ("select the draw
   // tool to start"): choose the brush (the toolbar's first tool) whenever no tool is chosen.
   function ready() {
-    const tools = [...document.querySelectorAll("#canvas .toolbar-wrap button")];
-    if (tools.length && !tools.some((b) => b.classList.contains("highlight"))) tools[0].click();
+    const tools = toolButtons();
+    if (tools.length && !tools.some(chosen)) tools[0].click();
   }
 
-  // The editor's own Undo and Clear canvas: the third-last and the last of its icon buttons (Undo,
-  // Redo, Clear canvas), found by place, as their labels are translated into the visitor's
-  // language. Clearing through the editor works every time; setting the Sketchpad's value to
-  // null does not, as that value stays null while the page draws (nothing uploads it).
-  const icon = (fromEnd) => [...document.querySelectorAll("#canvas button.icon-button")].at(-fromEnd);
+  // Undo and clear through the editor's own buttons. Clearing through the editor works every time;
+  // setting the Sketchpad's value to null does not, as that value stays null while the page draws
+  // (nothing uploads it).
   function undo() {
-    icon(3)?.click();
+    editorButton("undo")?.click();
     setTimeout(live, 0); // once the editor has undone
   }
   function clear() {
-    icon(1)?.click();
+    editorButton("clear")?.click();
     latest = null;
   }
 
@@ -84,7 +96,7 @@
   window.addEventListener("pointerup", () => {
     if (down === "stroke") {
       live();
-      globalThis.__PIXI_APP__?.ticker.stop();
+      pixiApp()?.ticker.stop();
     } else if (down === "tool") setTimeout(live, 0);
     down = null;
   });

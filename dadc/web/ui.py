@@ -1,7 +1,9 @@
 """The Gradio page: draw a digit, see what the model says, flag it when it is wrong, verify other
-people's flags, and watch the rounds on the dashboard. The work is done by service.Studio; this
-file lays the page out tab by tab, each event wired under its widgets, and turns the Studio's
-errors into Gradio's in one place (shown()).
+people's flags, and watch the rounds on the dashboard. The work is done by service.Studio, asked
+through its own methods only (never its store or model); this file lays the page out tab by tab,
+each event wired under its widgets (a tab's larger groups of events in a function of their own:
+flag_events, retract_events, admin_events), and turns the Studio's errors into Gradio's in one
+place (shown()).
 
 API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketchpad value, digit ->
 {"id", "saved", ...}), /verify_next and /verify (Dynabench-style validation), /rollback.
@@ -10,6 +12,7 @@ import atexit
 import functools
 import html
 import json
+import logging
 import math
 import signal
 import threading
@@ -29,6 +32,8 @@ from ..examples import round_number
 from ..rounds.registry import ROUND0
 from ..studio.service import Studio, StudioError, Visitor
 from ..studio.tally import Tally
+
+log = logging.getLogger("dadc.web")
 
 
 INTRO = """# DADC studio: fool the digit model
@@ -81,6 +86,33 @@ def seen_image(x):
     return None if x is None else preprocess.to_image(x).resize((112, 112), Image.NEAREST)
 
 
+TESTED_GRADIO = "6.31.0"  # the Gradio whose internals web/ relies on (bounds, components, page.js)
+
+
+def check_gradio_version(version=gr.__version__):
+    """Say clearly, once at build, when the installed Gradio is not the one web/ was tested with:
+    bounds.py, components.py and page.js lean on its internals, which may have moved. The browser
+    tests are the net that catches it; this line tells the person running the app where to look."""
+    if version != TESTED_GRADIO:
+        log.warning("Gradio %s is installed, but this app was tested with Gradio %s: the Sketchpad's "
+                    "bounds (web/bounds.py), components (web/components.py) and page code (web/page.js) "
+                    "use its internals. Install gradio==%s, or run the browser tests before serving.",
+                    version, TESTED_GRADIO, TESTED_GRADIO)
+        return False
+    return True
+
+
+def blocks():
+    """gr.Blocks for the page. delete_cache: Gradio's copies of uploads and outputs are removed after
+    an hour (bounded disk). head: the Draw tab's browser side (page.py). Gradio 6 wants head in
+    launch() and warns here, but any launch() falls back to it: so every launcher (app.py, the tests,
+    the benchmarks) has it. The warning is silenced by its text (Gradio 6.31's wording): it has no
+    category of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The parameters have been moved", UserWarning)
+        return gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS))
+
+
 def build(settings, round0=ROUND0, round_cfg=None, sync="auto", mnist=None, studio=None):
     """The Blocks app. sync="auto" pushes to the Hub when HF_TOKEN and DADC_DATASET_REPO are set."""
     if studio is None:
@@ -91,14 +123,8 @@ def build(settings, round0=ROUND0, round_cfg=None, sync="auto", mnist=None, stud
         studio = Studio(settings, round0, round_cfg, sync=sync, mnist=mnist).start()
         atexit.register(studio.stop)  # one last push when the app stops
     who = identify(studio.settings)
-
-    # delete_cache: Gradio's copies of uploads and outputs are removed after an hour (bounded disk).
-    # head: the Draw tab's browser side (page.py). Gradio 6 wants it in launch() and warns here, but
-    # any launch() falls back to it: so every launcher (app.py, the tests, the benchmarks) has it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The parameters have been moved", UserWarning)
-        blocks = gr.Blocks(title="DADC studio", delete_cache=(3600, 3600), head=page.head(CANVAS))
-    with blocks as demo:
+    check_gradio_version()
+    with blocks() as demo:
         demo.studio = studio
         gr.Markdown(INTRO)
         if config.on_space():
@@ -107,7 +133,7 @@ def build(settings, round0=ROUND0, round_cfg=None, sync="auto", mnist=None, stud
             with gr.Tab("Draw"):
                 draw_tab(studio, who)
             with gr.Tab("Verify"):
-                verify_tab(studio, who)
+                vote_tab(studio, who)
             with gr.Tab("Dashboard") as tab:
                 dashboard_tab(studio, who, tab)
     return demo
@@ -144,11 +170,32 @@ def feedback_text(r, flags, fooled, hint, serving):
     return "\n\n".join(lines)
 
 
+def drawing(png):
+    """The page's drawing (a PNG data URL, page.snapshot) as an image; else the caller's error."""
+    try:
+        return page.snapshot(png, CANVAS)
+    except preprocess.CanvasError as e:
+        raise gr.Error(f"Nothing done: {e}.") from None
+
+
+def counter(studio):
+    """counted() -> the visitors' running counts and the hint (tally.py), with the stored flags
+    counted once they are all in (after a Hub restore)."""
+    tally = Tally()
+
+    def counted():
+        if not tally.seeded and not studio.restoring:
+            tally.seed(studio.examples(), round_number(studio.serving))
+        return tally
+    counted()  # now, and again on each flag until the Hub restore is done
+    return counted
+
+
 def draw_tab(studio, who):
     """Drawing is the Sketchpad; its value travels only to the API's /predict and /flag. The page
     reads the drawing in the browser (page.js: snapshot()) and sends that PNG to light events:
     the live prediction on every mouse-up, and the flag (so it stores what the visitor saw)."""
-    tally = Tally()  # the visitors' running counts and the hint (tally.py)
+    counted = counter(studio)  # the visitors' running counts and the hint (tally.py)
     with gr.Row():
         with gr.Column(scale=3):
             canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
@@ -179,20 +226,6 @@ def draw_tab(studio, who):
     receipt = gr.JSON(visible=False)
     seen_state = gr.State()
 
-    def counted():
-        """The tally, with the stored flags counted once they are all in (after a Hub restore)."""
-        if not tally.seeded and not getattr(studio, "restoring", False):
-            tally.seed(studio.store.examples(), round_number(studio.predictor.round))
-        return tally
-
-    counted()
-
-    def drawing(png):
-        try:
-            return page.snapshot(png, CANVAS)
-        except preprocess.CanvasError as e:
-            raise gr.Error(f"Nothing done: {e}.") from None
-
     def live(png, n, request: gr.Request, profile: gr.OAuthProfile | None = None):
         value, x = studio.predict(drawing(png), who(request, profile).id)
         n = int(n) if isinstance(n, (int, float)) and math.isfinite(n) and abs(n) < 2**53 else 0
@@ -207,6 +240,14 @@ def draw_tab(studio, who):
 
     submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_limit=None).then(
         seen_image, seen_state, seen, api_visibility="private", show_progress="hidden")
+    flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, receipt, feedback,
+                answer=[label, seen, top])
+
+
+def flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, receipt, feedback, answer):
+    """The Draw tab's flag: /flag takes a Sketchpad value, the page's Flag button the PNG it saw. Once
+    stored: the receipt and the visitor's counts in `feedback`, the drawing and the answer cleared."""
+    label, seen, top = answer
 
     @shown
     def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -221,8 +262,9 @@ def draw_tab(studio, who):
         return flag(drawing(png), true_digit, request, profile)
 
     def after_flag(r, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        flags, fooled = counted().visitor(who(request, profile).id)
-        text = feedback_text(r, flags, fooled, tally.hint(), round_number(studio.predictor.round))
+        tally = counted()
+        flags, fooled = tally.visitor(who(request, profile).id)
+        text = feedback_text(r, flags, fooled, tally.hint(), round_number(studio.serving))
         return {feedback: text, digit: None, label: None, seen: None, top: top_line(None)}
 
     flagged = flag_btn.click(flag_drawing, [snap, digit], receipt, js="(png, d) => [dadc.snapshot(), d]",
@@ -233,7 +275,17 @@ def draw_tab(studio, who):
     flagged.success(after_flag, receipt, [feedback, digit, label, seen, top], api_visibility="private")
 
 
-def verify_tab(studio, who):
+def thanks_text(r):
+    """After a vote (a Studio.vote answer): where the votes on that example stand."""
+    done = " It is now verified." if r["verified"] else ""
+    if r["corrected"] is not None:
+        done = f" It is now relabelled as {r['corrected']}."
+    return f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"
+
+
+def vote_tab(studio, who):
+    """Votes on other people's flags (the API's /verify_next and /verify), and taking back one's own
+    flag (retract_events)."""
     gr.Markdown("Check other people's flags (never your own): is the label right? If not, say which digit "
                 "it is: when enough people agree, the example is relabelled.")
     with gr.Row():
@@ -273,10 +325,7 @@ def verify_tab(studio, who):
             if not id_:
                 raise StudioError("Press Next first.")
             r = studio.vote(id_, agree, who(request, profile), None if agree else digit)
-            done = " It is now verified." if r["verified"] else ""
-            if r["corrected"] is not None:
-                done = f" It is now relabelled as {r['corrected']}."
-            return {result: r, thanks: f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"}
+            return {result: r, thanks: thanks_text(r)}
         return cast
 
     for btn, agree in ((yes, True), (no, False)):
@@ -285,13 +334,17 @@ def verify_tab(studio, who):
             lambda: None, None, right, api_visibility="private")
 
     @shown
-    def verify_api(id_: str, agree: bool, digit: int | None = None, request: gr.Request = None,
-                   profile: gr.OAuthProfile | None = None) -> dict:
+    def vote_api(id_: str, agree: bool, digit: int | None = None, request: gr.Request = None,
+                 profile: gr.OAuthProfile | None = None) -> dict:
         """Vote on someone else's example; with agree=false, optionally the digit it really is."""
         return studio.vote(id_, agree, who(request, profile), digit)
 
-    gr.api(verify_api, api_name="verify", concurrency_limit=None)
+    gr.api(vote_api, api_name="verify", concurrency_limit=None)
+    retract_events(studio, who, own_id, retract_btn, retracted)
 
+
+def retract_events(studio, who, own_id, retract_btn, retracted):
+    """Take back one of one's own flags: the Verify tab's "Flagged one by mistake?", and /retract."""
     @shown
     def retract_api(id_: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
         """Take back one of your own flags."""
@@ -304,6 +357,7 @@ def verify_tab(studio, who):
 
 
 def dashboard_tab(studio, who, tab):
+    """The rounds and the people who fool them; an admin's controls (admin_events) show to admins only."""
     status = gr.Markdown()
     with gr.Row():
         per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit", sort="x")
@@ -357,6 +411,13 @@ def dashboard_tab(studio, who, tab):
 
     save_nick.click(set_nickname, nickname, None, api_visibility="private").success(
         show_dashboard, None, shows, api_visibility="private")
+    admin_events(studio, who, rounds, rollback_btn, retrain_btn, status, timer, (show_dashboard, shows))
+
+
+def admin_events(studio, who, rounds, rollback_btn, retrain_btn, status, timer, refresh):
+    """The admin row's Roll back (and the API's /rollback) and Retrain now: the Studio refuses them
+    to anyone but an admin, however they are called. refresh: (show_dashboard, its outputs)."""
+    show_dashboard, shows = refresh
 
     @shown
     def rollback_api(round_name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
@@ -387,5 +448,5 @@ def launch(demo, **kwargs):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, shut_down)
     demo.queue(default_concurrency_limit=None, max_size=None)
-    return demo.launch(max_threads=64, allowed_paths=[str(demo.studio.store.root)],  # DADC_HOME anywhere
+    return demo.launch(max_threads=64, allowed_paths=[str(demo.studio.files_root)],  # DADC_HOME anywhere
                        **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
