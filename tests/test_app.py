@@ -232,6 +232,7 @@ def flag_n(client, mnist, tmp_path, n, start=0):
     return out
 
 
+@pytest.mark.slow
 def test_threshold_promotes_a_round_then_rollback_serves_the_old_one(tmp_path, round0, mnist):
     a = App(tmp_path / "home", round0, DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
     try:
@@ -253,6 +254,7 @@ def test_threshold_promotes_a_round_then_rollback_serves_the_old_one(tmp_path, r
         a.stop()
 
 
+@pytest.mark.slow
 def test_gate_rejection_keeps_the_round_and_says_why(tmp_path, round0, mnist):
     a = App(tmp_path / "home", round0, DADC_ROUND_CLEAN_DROP="-1")  # no candidate can pass
     try:
@@ -266,6 +268,7 @@ def test_gate_rejection_keeps_the_round_and_says_why(tmp_path, round0, mnist):
         a.stop()
 
 
+@pytest.mark.slow
 def test_many_clients_flagging_at_once(tmp_path, round0, mnist):
     """16 clients x 3 flags at the same moment: every flag stored exactly once, and one round per
     threshold crossing (20 and 40 of 48: exactly two rounds)."""
@@ -338,6 +341,7 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     assert studio.dashboard(admin)["admin"] and not studio.dashboard()["admin"]
 
 
+@pytest.mark.slow
 def test_hub_sync_pushes_flags_and_rounds_and_never_shows_the_token(tmp_path, round0, mnist, fake_hub):
     """With HF_TOKEN and the repos set, the app pushes flags (and the promoted round) to the Hub
     (the local fake from conftest, through the real huggingface_hub client); the dashboard says so."""

@@ -92,6 +92,7 @@ def test_attack_rejects_bad_settings(trained):
         pgd(model, x, y, eps=0.1, alpha=0.01, steps=5, norm="l7")
 
 
+@pytest.mark.slow
 def test_autoattack_is_at_least_as_strong_as_pgd(trained):
     pytest.importorskip("pyautoattack")
     from dadc.model.evaluate import autoattack_accuracy

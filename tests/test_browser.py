@@ -139,6 +139,7 @@ def ids(home):
     return [r["id"] for r in stored(home)]
 
 
+@pytest.mark.slow
 def test_draw_predict_flag_and_see_the_dashboard(page, app, shots):
     before = len(stored(app.home))
     # the dashboard before
@@ -206,6 +207,7 @@ def test_flag_of_a_blank_canvas_is_refused(page, app, shots):
     assert not confirmation(page).is_visible()
 
 
+@pytest.mark.slow
 def test_a_flood_of_flags_from_one_session_is_refused_after_the_limit(page, browser, app, shots):
     """DADC_FLAG_LIMIT=2: the first two flags of this page's session are stored, the third within
     the minute gets the "too many flags" toast and is not stored; another session is not held back."""

@@ -59,6 +59,7 @@ def test_train_writes_a_loadable_checkpoint_with_metrics(mnist_home, tmp_path):
     assert json.loads(r.stdout)["clean_acc"] == metrics["clean_acc"]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path):
     home = tmp_path / "home"
     assert_one_line_error(dadc("train", "--net", "vgg", "--out", tmp_path / "x", home=home), "unknown net", "vgg")

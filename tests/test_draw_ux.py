@@ -226,6 +226,7 @@ def blank(page, wait_s=20):
         page.wait_for_timeout(200)
 
 
+@pytest.mark.slow
 def test_a_new_visitor_draws_7_1_0_4_2_each_read_live_with_no_tool_and_no_submit(browser, app, shots):
     for digit in (7, 1, 0, 4, 2):
         page = open_page(browser, app)
@@ -243,6 +244,7 @@ def test_a_new_visitor_draws_7_1_0_4_2_each_read_live_with_no_tool_and_no_submit
             page.context.close()
 
 
+@pytest.mark.slow
 def test_the_flag_stores_exactly_the_prediction_the_visitor_saw(page, app, shots):
     assert draw(page, 4) == 4
     # the drawing read at mouse-up (sent for the live prediction) is the drawing the editor holds
@@ -259,6 +261,7 @@ def test_the_flag_stores_exactly_the_prediction_the_visitor_saw(page, app, shots
     assert f"it said {shown}" in page.locator("#feedback").inner_text()
 
 
+@pytest.mark.slow
 def test_keys_pick_flag_and_the_next_digit_draws_at_once(page, app, shots):
     assert draw(page, 7) == 7
     flag_with_keys(page, 7)
@@ -272,6 +275,7 @@ def test_keys_pick_flag_and_the_next_digit_draws_at_once(page, app, shots):
     assert blank(page) and brush_ready(page)
 
 
+@pytest.mark.slow
 def test_undo_and_clear_at_hand_by_button_and_key(page, app, shots):
     first, second = bb.strokes(4, DIGITS[4], bb.image_rect(page))
     answered(page, lambda: bb.stroke(page, first, False))
@@ -294,6 +298,7 @@ def test_undo_and_clear_at_hand_by_button_and_key(page, app, shots):
     page.screenshot(path=str(shots / "cleared.png"))
 
 
+@pytest.mark.slow
 def test_after_a_flag_the_visitor_sees_their_running_count_per_identity_and_a_hint(browser, app, shots):
     me, other = next_address(), next_address()
     first = open_page(browser, app, me)

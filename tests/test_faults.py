@@ -18,6 +18,8 @@ from fake_hub import FakeHub, Repo
 from test_app import (App, canvas_file, flag_n, free_port, history, mnist, round0, stored,  # noqa: F401
                       wait_for_attempts)
 
+pytestmark = pytest.mark.slow  # whole processes killed, restarted, a Hub down: 10-20 s each (pytest.ini)
+
 CLIENTS = 16
 
 

@@ -34,6 +34,7 @@ def hub():
     h.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_pushes_every_acknowledged_flag_before_exit(tmp_path, round0, mnist, hub):  # noqa: F811
     # an hour between scheduled pushes and a 10-minute delay: only the shutdown push can carry them
     a = App(tmp_path / "home", round0, **hub_env(hub.port, DADC_PUSH_EVERY="60", DADC_PUSH_DELAY="600",
@@ -51,6 +52,7 @@ def test_sigterm_pushes_every_acknowledged_flag_before_exit(tmp_path, round0, mn
     assert took < 15, f"shutdown took {took:.1f} s"
 
 
+@pytest.mark.slow
 def test_a_flag_reaches_the_hub_within_the_push_delay(tmp_path, round0, mnist, hub):  # noqa: F811
     a = App(tmp_path / "home", round0, **hub_env(hub.port, DADC_PUSH_EVERY="60", DADC_PUSH_DELAY="1",
                                                  DADC_THRESHOLD="1000"))
@@ -66,6 +68,7 @@ def test_a_flag_reaches_the_hub_within_the_push_delay(tmp_path, round0, mnist, h
         a.stop()
 
 
+@pytest.mark.slow
 def test_a_fresh_disk_serves_the_same_round_with_the_same_history(tmp_path, round0, mnist, hub):  # noqa: F811
     env = hub_env(hub.port, DADC_MODEL_REPO=MODELS, DADC_PUSH_EVERY="60", DADC_PUSH_DELAY="1",
                   DADC_ROUND_CLEAN_DROP="1", DADC_ROUND_ROBUST_DROP="1")
@@ -96,6 +99,7 @@ def test_a_fresh_disk_serves_the_same_round_with_the_same_history(tmp_path, roun
         b.stop()
 
 
+@pytest.mark.slow
 def test_a_second_app_on_the_same_home_is_refused(tmp_path, round0):  # noqa: F811
     a = App(tmp_path / "home", round0)
     try:
@@ -111,6 +115,7 @@ def test_a_second_app_on_the_same_home_is_refused(tmp_path, round0):  # noqa: F8
         a.stop()
 
 
+@pytest.mark.slow
 def test_verify_shows_the_canvas_with_the_home_outside_the_working_and_temp_folders(round0, mnist, tmp_path):  # noqa: F811
     home = Path("/var/tmp") / f"dadc-test-{os.getpid()}-{random.randrange(10**6)}" / "home"
     a = App(home, round0)
@@ -138,6 +143,7 @@ def test_a_torn_history_line_is_repaired_and_kept_aside(tmp_path, round0):  # no
     assert [h["why"] for h in reg.history()] == ["test", "after"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_during_flags_and_rounds(tmp_path, round0, mnist):  # noqa: F811
     """Kill -9 the app at a random moment, five times, while four clients flag and rounds train
     (threshold 3): after each restart every acknowledged flag is there, exactly once, and the

@@ -234,6 +234,7 @@ def test_recipe_round0_needs_a_model_to_fine_tune(tmp_path):
     assert not (tmp_path / "r0").exists()
 
 
+@pytest.mark.slow
 def test_train_recipe_writes_the_issue_14_metrics(tmp_path):
     import json
 

@@ -148,6 +148,7 @@ def test_leaderboard_counts_verified_fooling_examples_and_is_opt_in_for_anonymou
     assert [row[:3] for row in studio.dashboard()["leaders"]] == [["ada", 2, 1], ["Zed", 1, 0]]
 
 
+@pytest.mark.slow
 def test_verified_only_rounds_start_when_votes_verify_enough(round0, tmp_path_factory, mnist, tmp_path):  # noqa: F811
     """Through the server: with DADC_VERIFIED_ONLY=1 flags alone start no round; the votes that
     verify the threshold's worth start it, and it learns from the verified examples only."""
