@@ -10,14 +10,14 @@ Targets (issue): mouse-drawn varied styles >= 98.5 %, MNIST-style canvases >= 99
     python benchmarks/bench_app_drawings.py --make 100 [--mnist-n 1000] [--seed 31337]
         [--clients 4] [--limit N] [--styles] [--json] [--misread misread.csv] [--model DIR]
 
-labels.csv has columns file,label[,family,style] (as dadc.drawings.make and
-dadc.simulate.make_drawings write them); a row without a family gets its folder's name. --make
-draws the folders itself in a temp folder: dadc.drawings.make (N of every family in
+labels.csv has columns file,label[,family,style] (as dadc.synth.drawings.make and
+dadc.campaign.simulate.make_drawings write them); a row without a family gets its folder's name. --make
+draws the folders itself in a temp folder: dadc.synth.drawings.make (N of every family in
 drawings.FAMILIES) and --mnist-n MNIST test digits twice: on canvases of every size, format and
-ink colour (dadc.simulate.make_drawings, family "mnist_anywhere") and drawn large and centred
-(dadc.augment.large, family "mnist_canvas", as in train's metrics.json); MNIST cached in .dadc/.
+ink colour (dadc.campaign.simulate.make_drawings, family "mnist_anywhere") and drawn large and centred
+(dadc.synth.augment.large, family "mnist_canvas", as in train's metrics.json); MNIST cached in .dadc/.
 Use evaluation seeds of your own (default 31337), never the training ones. /predict has no rate
-limit (dadc/limits.py limits /flag only), so none is lifted.
+limit (dadc/studio/limits.py limits /flag only), so none is lifted.
 """
 import argparse
 import csv
@@ -56,7 +56,7 @@ def read_rows(folders, limit=None):
 
 
 def make_mnist_large(out, n, seed):
-    """n MNIST test digits (a seeded pick) each drawn 14x large and centred (dadc.augment.large), and labels.csv."""
+    """n MNIST test digits (a seeded pick) each drawn 14x large and centred (dadc.synth.augment.large), and labels.csv."""
     from dadc.synth import augment
     from dadc.model import mnist as data
 
@@ -141,7 +141,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--drawings", nargs="+", metavar="DIR", help="folders with labels.csv")
-    src.add_argument("--make", type=int, metavar="N", help="draw N of every dadc.drawings family")
+    src.add_argument("--make", type=int, metavar="N", help="draw N of every dadc.synth.drawings family")
     p.add_argument("--mnist-n", type=int, default=1000, help="with --make: MNIST canvases (0: none)")
     p.add_argument("--seed", type=int, default=31337, help="with --make (never a training seed)")
     p.add_argument("--model", default=str(ROOT / "models" / "round-000"), help="the round the app serves")

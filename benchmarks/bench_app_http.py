@@ -5,8 +5,8 @@ Targets: /predict p50 <= echo p50 + 10 ms; 32 concurrent clients, 0 errors, thro
 
     python benchmarks/bench_app_http.py [--n 200] [--clients 32] [--per-client 10]
 
-The app runs in a subprocess (`--serve`, the studio from dadc.ui plus the echo endpoints, launched
-with dadc.ui.launch's settings) on a free port, with a fresh DADC_HOME in a temp folder.
+The app runs in a subprocess (`--serve`, the studio from dadc.web.ui plus the echo endpoints, launched
+with dadc.web.ui.launch's settings) on a free port, with a fresh DADC_HOME in a temp folder.
 """
 import argparse
 import os

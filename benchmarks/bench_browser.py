@@ -1,6 +1,6 @@
 """Mouse-up to live prediction, in real Chromium (Debian's, driven by playwright): the time from the
 release of a stroke until the prediction line under the canvas answers the drawing as it is then,
-p50 and p90 over `--strokes` strokes (the digits 7 1 0 4 2 of dadc.drawings, drawn over and over,
+p50 and p90 over `--strokes` strokes (the digits 7 1 0 4 2 of dadc.synth.drawings, drawn over and over,
 cleared after each), and the HTTP requests a stroke costs. At two sizes:
 
   desktop  1280x1000, mouse
@@ -77,7 +77,7 @@ def image_rect(page):
 
 
 def strokes(digit, style, rect):
-    """The strokes of one dadc.drawings digit, in screen px, filling the middle 60 % of the canvas."""
+    """The strokes of one dadc.synth.drawings digit, in screen px, filling the middle 60 % of the canvas."""
     from dadc.synth import drawings
 
     out = []

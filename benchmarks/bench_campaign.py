@@ -3,7 +3,7 @@
     python benchmarks/bench_campaign.py [--n 50000] [--requests 40] [--keep DIR]
 
 1. import: a folder of N labelled drawings (MNIST training digits drawn on small 64x64 canvases,
-   dadc.simulate.draw, with labels.csv) brought in by `python -m dadc import` (a subprocess), timed;
+   dadc.synth.canvas.paste_mnist, with labels.csv) brought in by `python -m dadc import` (a subprocess), timed;
 2. the app: `python app.py` on that DADC_HOME (a subprocess), pushing to a local Hub (tests/fake_hub.py,
    served from this process; HF_ENDPOINT / HF_TOKEN / DADC_DATASET_REPO point the app at it). Once
    the first push has carried the whole store, gradio_client times /predict, /flag and /verify_next

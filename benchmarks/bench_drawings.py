@@ -1,4 +1,4 @@
-"""Accuracy of a checkpoint on generated mouse-drawn digits (dadc.drawings), per family and per style,
+"""Accuracy of a checkpoint on generated mouse-drawn digits (dadc.synth.drawings), per family and per style,
 read through the app's own preprocessing (dadc.preprocess.to_mnist), as /predict reads a canvas.
 
     python benchmarks/bench_drawings.py [--checkpoint models/round-000] [--n 1000] [--seed 0]

@@ -7,7 +7,7 @@ The test set only reports here, it never selects; the recipe's own --val-n selec
     OMP_NUM_THREADS=1 python benchmarks/bench_time_to_robust.py --recipe v1
     OMP_NUM_THREADS=1 python benchmarks/bench_time_to_robust.py --recipe round0 --init V1_MODEL_DIR
 
-The recipes are dadc.training.RECIPES: v1 trains from random weights (the first round-000), round0
+The recipes are dadc.model.training.RECIPES: v1 trains from random weights (the first round-000), round0
 fine-tunes a v1 model (so its time to the floors adds v1's). Both run in fp32 (--no-amp), as the
 shipped models were trained.
 """

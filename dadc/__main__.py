@@ -222,9 +222,61 @@ def cmd_retrain(args, settings):
 
 
 def cmd_simulate(args, settings):
+    """python -m dadc simulate --drawings DIR --rounds R [--threshold T] [--make-drawings N] (campaign/simulate.py)."""
     from .campaign import simulate
+    from .rounds.registry import ROUND0
+    from .synth import drawings
 
-    simulate.main(args, settings)
+    if args.make_drawings:
+        if args.mnist_canvases:
+            simulate.make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
+            what = f"{args.make_drawings} MNIST test digits on canvases"
+        else:
+            families = args.families.split(",") if args.families else None
+            if args.total:
+                if [f for f in families or () if f not in drawings.FAMILIES]:
+                    drawings.make(args.drawings, 0, families=families)  # its error names the unknown ones
+                simulate.make_total(args.drawings, args.make_drawings, args.seed, families)
+            else:
+                drawings.make(args.drawings, args.make_drawings, seed=args.seed, families=families)
+            what = (f"{args.make_drawings} drawings {'in all' if args.total else 'per family'} "
+                    f"({', '.join(families or drawings.FAMILIES)}; seed {args.seed})")
+        print(f"wrote {what} and labels.csv to {args.drawings}", file=sys.stderr)
+        if not args.rounds:
+            return
+    if args.rounds < 1:
+        raise ValueError("--rounds must be >= 1")
+    threshold = args.threshold or settings.threshold
+    if args.fresh_max < 0:
+        raise ValueError("--fresh-max must be >= 0")
+    result = simulate.simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
+                               seed=args.seed, log=lambda m: print(m, file=sys.stderr), fresh_max=args.fresh_max)
+    print(simulate.summary(result), file=sys.stderr)
+    print(json.dumps(result))
+
+
+def simulate_arguments(p):
+    """`simulate`'s flags."""
+    from .campaign.simulate import FRESH_MAX
+
+    p.add_argument("--drawings", required=True, help="folder of PNG canvases with labels.csv (file,label)")
+    p.add_argument("--rounds", type=int, default=0, help="rounds to run")
+    p.add_argument("--threshold", type=int, default=None, help="flags per round (default DADC_THRESHOLD)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the drawings made, of the split into flagged / unseen halves and of fresh drawings")
+    p.add_argument("--seed-round", default=None, help="round-0 checkpoint dir (default models/round-000)")
+    p.add_argument("--make-drawings", type=int, default=0, metavar="N",
+                   help="first write N style-varied mouse-like drawings per family (dadc.synth.drawings) into --drawings")
+    p.add_argument("--total", action="store_true",
+                   help="with --make-drawings: N drawings in all, spread evenly over the families")
+    p.add_argument("--families", default=None, help="with --make-drawings: comma-separated families (default all)")
+    p.add_argument("--fresh-max", type=int, default=FRESH_MAX, metavar="M",
+                   help="when the pool holds fewer than --threshold drawings that fool the serving round, the "
+                        "simulated people draw up to M fresh ones a round from the campaign's families "
+                        f"(drawings.make campaigns only; default {FRESH_MAX}; 0: stop when the pool runs dry)")
+    p.add_argument("--mnist-canvases", action="store_true",
+                   help="with --make-drawings: N MNIST test digits pasted on canvases instead")
+    p.set_defaults(run=cmd_simulate)
 
 
 def parser():
@@ -245,10 +297,7 @@ def parser():
     i.add_argument("source", help="a folder with labels.csv (file,label), or an export folder / .parquet file")
     i.set_defaults(run=cmd_import)
 
-    from .campaign import simulate
-    s = sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)")
-    simulate.add_arguments(s)
-    s.set_defaults(run=cmd_simulate)
+    simulate_arguments(sub.add_parser("simulate", help="headless DADC rounds on drawings (PNGs + labels.csv)"))
 
     sub.add_parser("migrate", help="rewrite DADC_DATASET_REPO from the earlier layout (images as files) into "
                                    "parquet shards, in one commit").set_defaults(run=cmd_migrate)
@@ -274,7 +323,7 @@ def train_arguments(t):
                            help=f"default {f.default}")
         else:
             t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
-    t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.training.RECIPES); "
+    t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.model.training.RECIPES); "
                                                               "flags given on the command line win over it")
     t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")
     t.add_argument("--init", help="start from this checkpoint (fine-tuning) instead of random weights")

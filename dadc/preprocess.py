@@ -208,4 +208,4 @@ _STRETCH = [[min(255, round(v * 255 / max(p, 1))) for v in range(256)] for p in 
 
 def to_image(x28):
     """The 28x28 as a PIL image (what the model sees), white on black, 8-bit."""
-    return Image.fromarray((np.clip(x28, 0, 1) * 255).round().astype(np.uint8), mode="L")
+    return Image.fromarray(to_uint8(x28), mode="L")

@@ -2,7 +2,7 @@
 
 SOURCE is one of
 - a folder of canvases with labels.csv (columns file,label; others such as family,style ignored),
-  the format `python -m dadc simulate --make-drawings` and dadc/drawings.py write: each canvas goes
+  the format `python -m dadc simulate --make-drawings` and dadc/synth/drawings.py write: each canvas goes
   through the app's own preprocessing (preprocess.to_mnist) and is stored beside its 28x28, scaled
   down as the app keeps canvases (store.keepable);
 - a parquet export of another campaign (`python -m dadc export OUT` writes OUT/data/*.parquet, a

@@ -9,7 +9,7 @@ promote) the app uses. Every flagged drawing counts as verified.
 
 People in a DADC campaign do not stop when their first drawings no longer fool the model: they
 keep drawing new ones. So when the pool holds fewer than `threshold` drawings that fool the serving
-round, and the campaign was made by dadc.drawings (labels.csv names the families), the simulated
+round, and the campaign was made by synth/drawings.py (labels.csv names the families), the simulated
 people draw fresh digits from the same generator and families, with a seed of their own for every
 round (never a campaign drawing's seed; one that came out pixel-identical to an unseen drawing would
 be skipped), each tried on that round only, at most `fresh_max` a round. If those do not fool it
@@ -23,7 +23,7 @@ for the round's flags (`tried`, of them `fresh_drawn` fresh, which gave `fresh_f
 the attempt's verdict, reasons, notes and seconds. At the end, the matrix: for every served round r
 and every earlier one k, r's accuracy on the held-out flagged drawings that fooled k.
 
-`--make-drawings N` first writes N style-varied mouse-like drawings per family (dadc.drawings), or N
+`--make-drawings N` first writes N style-varied mouse-like drawings per family (synth/drawings.py), or N
 in all with `--total`; with `--mnist-canvases`, N MNIST test digits pasted on canvases instead.
 """
 import itertools
@@ -278,7 +278,7 @@ def summary(result):
 
 
 def make_total(out, n, seed, families=None):
-    """Write n style-varied drawings in all (dadc.drawings), spread evenly over the families (the
+    """Write n style-varied drawings in all (synth/drawings.py), spread evenly over the families (the
     first n mod k get one more), and one labels.csv: drawing i of a family is the one
     drawings.make(out, m, seed) writes for any m > i."""
     families = list(families or drawings.FAMILIES)
@@ -290,55 +290,3 @@ def make_total(out, n, seed, families=None):
             rows += [[r["file"], r["label"], r["family"], r["style"]] for r in labels.read(out)]
     labels.write(out, ["file", "label", "family", "style"], rows)
     return Path(out)
-
-
-def main(args, settings):
-    """The CLI: python -m dadc simulate --drawings DIR --rounds R [--threshold T] [--make-drawings N]."""
-    from ..rounds.registry import ROUND0
-
-    if args.make_drawings:
-        if args.mnist_canvases:
-            make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
-            what = f"{args.make_drawings} MNIST test digits on canvases"
-        else:
-            families = args.families.split(",") if args.families else None
-            if args.total:
-                if [f for f in families or () if f not in drawings.FAMILIES]:
-                    drawings.make(args.drawings, 0, families=families)  # its error names the unknown ones
-                make_total(args.drawings, args.make_drawings, args.seed, families)
-            else:
-                drawings.make(args.drawings, args.make_drawings, seed=args.seed, families=families)
-            what = (f"{args.make_drawings} drawings {'in all' if args.total else 'per family'} "
-                    f"({', '.join(families or drawings.FAMILIES)}; seed {args.seed})")
-        print(f"wrote {what} and labels.csv to {args.drawings}", file=sys.stderr)
-        if not args.rounds:
-            return
-    if args.rounds < 1:
-        raise ValueError("--rounds must be >= 1")
-    threshold = args.threshold or settings.threshold
-    if args.fresh_max < 0:
-        raise ValueError("--fresh-max must be >= 0")
-    result = simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
-                      seed=args.seed, log=lambda m: print(m, file=sys.stderr), fresh_max=args.fresh_max)
-    print(summary(result), file=sys.stderr)
-    print(json.dumps(result))
-
-
-def add_arguments(p):
-    p.add_argument("--drawings", required=True, help="folder of PNG canvases with labels.csv (file,label)")
-    p.add_argument("--rounds", type=int, default=0, help="rounds to run")
-    p.add_argument("--threshold", type=int, default=None, help="flags per round (default DADC_THRESHOLD)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the drawings made, of the split into flagged / unseen halves and of fresh drawings")
-    p.add_argument("--seed-round", default=None, help="round-0 checkpoint dir (default models/round-000)")
-    p.add_argument("--make-drawings", type=int, default=0, metavar="N",
-                   help="first write N style-varied mouse-like drawings per family (dadc.drawings) into --drawings")
-    p.add_argument("--total", action="store_true",
-                   help="with --make-drawings: N drawings in all, spread evenly over the families")
-    p.add_argument("--families", default=None, help="with --make-drawings: comma-separated families (default all)")
-    p.add_argument("--fresh-max", type=int, default=FRESH_MAX, metavar="M",
-                   help="when the pool holds fewer than --threshold drawings that fool the serving round, the "
-                        "simulated people draw up to M fresh ones a round from the campaign's families "
-                        f"(drawings.make campaigns only; default {FRESH_MAX}; 0: stop when the pool runs dry)")
-    p.add_argument("--mnist-canvases", action="store_true",
-                   help="with --make-drawings: N MNIST test digits pasted on canvases instead")

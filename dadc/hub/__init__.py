@@ -10,3 +10,5 @@ migrate.py     `python -m dadc migrate`: a repo of the earlier layout into shard
 model_card.py  the README.md pushed with each round
 """
 from .sync import HubStatus, HubSync, HubSyncError
+
+__all__ = ["HubStatus", "HubSync", "HubSyncError"]

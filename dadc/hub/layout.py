@@ -10,7 +10,7 @@ whose success was not recorded (a crash right after the commit) is pushed again 
 name, overwriting the shard with a superset of its rows instead of adding duplicates.
 
 The earlier layout (data/<replica>/metadata.jsonl, votes.jsonl, images/*.png) still restores, and
-`python -m dadc migrate` rewrites it into this one (hub_migrate.py).
+`python -m dadc migrate` rewrites it into this one (migrate.py).
 """
 import hashlib
 import json

@@ -6,7 +6,7 @@ layout.SHARD_BYTES) and votes/<replica>/00000000.parquet, the names a first push
 would give them, so an app still running on that replica's disk and pushing later overwrites them
 with a superset instead of adding copies. A replica that already has shards (its app pushed in the
 new layout, from row 0) keeps them: only its old files go. The rows are untrusted like a restore's
-(hub_rows.py): bad ones are left out and counted. The commit names the revision that was read
+(rows.py): bad ones are left out and counted. The commit names the revision that was read
 (parent_commit), so a push that lands meanwhile makes it fail instead of being overwritten.
 """
 from collections import Counter

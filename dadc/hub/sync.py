@@ -1,12 +1,12 @@
 """HubSync: copy the local flag store to a Hub dataset repo, and promoted rounds to a Hub model repo.
 
-Local disk is the source of truth (store.py); the Hub is a backup and a way to share. So:
+Local disk is the source of truth (the store); the Hub is a backup and a way to share. So:
 - pushing runs in the background (huggingface_hub's CommitScheduler: every DADC_PUSH_EVERY minutes
   and once more at exit); a Hub that is down, slow or rejects the token never blocks flagging and
   never loses a flag: what did not get pushed is still on disk and goes with the next push;
 - each DADC_HOME pushes only its own replica's shards (plus the dataset card), so replicas never
   overwrite each other; a push sends one parquet shard of the flags and one of the votes new since
-  the last push (hub_layout.py), and what was pushed is recorded on disk (flags/pushed.json), so a
+  the last push (layout.py), and what was pushed is recorded on disk (flags/pushed.json), so a
   restart pushes only what is new;
 - on a fresh DADC_HOME (a Space restarts with an empty disk) restore() brings back the flags and
   the rounds (hub_restore.py); a Hub that is down at start is retried in the background;

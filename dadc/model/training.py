@@ -11,8 +11,8 @@ Options for a stronger round-000 (issue 14), each off by default so the recipe a
                  x' maximising that KL (attacks.trades_attack, eval mode); clean and attacked in one pass
   ema=D          an exponential moving average of the weights (decay D); the model returned is the average
   augment=F      a fraction F of each batch replaced by canvas-rendered examples from a pool built once
-                 (dadc.augment: MNIST digits drawn onto the app's canvas and read back by dadc.preprocess,
-                 and optionally dadc.drawings' mouse-drawn digits): no per-batch rendering cost
+                 (synth/augment.py: MNIST digits drawn onto the app's canvas and read back by preprocess.py,
+                 and optionally synth/drawings.py's mouse-drawn digits): no per-batch rendering cost
   steps_late=K   PGD-K instead of PGD-`steps` over the last `late` fraction of training
   validate=fn    train(..., validate=fn): fn(model) -> {"score": ...} after every epoch, on the weights
                  that would be returned; the best-scoring epoch's weights are kept (selection on a
@@ -57,7 +57,7 @@ class TrainConfig:
     ema: float = 0.0            # decay of an exponential moving average of the weights; 0 = off
     augment: float = 0.0        # fraction of each batch taken from the canvas-rendered pool; 0 = off
     augment_n: int = 5000       # MNIST train digits rendered through the canvas into the pool (~10 ms each)
-    augment_drawings: int = 0   # dadc.drawings digits per family added to the pool
+    augment_drawings: int = 0   # synth/drawings.py digits per family added to the pool
     steps_late: int = 0         # PGD steps over the last `late` of training; 0 = `steps` throughout
     late: float = 0.25          # fraction of training (at the end) that uses steps_late
 

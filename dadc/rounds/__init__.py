@@ -6,3 +6,5 @@ retrain.py   RetrainJob: when a round starts, one round end to end, its Status
 """
 from .registry import ROUND0, ROUND_FILES, Predictor, Registry
 from .retrain import TRAIN_LOCK, RetrainJob
+
+__all__ = ["ROUND0", "ROUND_FILES", "Predictor", "Registry", "TRAIN_LOCK", "RetrainJob"]

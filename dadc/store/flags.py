@@ -27,6 +27,7 @@ from PIL import Image
 
 from .. import files
 from ..examples import Vote, as_digit
+from ..preprocess import to_uint8
 from .index import Index
 from .layout import MAX_SESSION, ROWS, VOTES, card
 from .snapshot import HubFiles
@@ -59,7 +60,7 @@ def _as_image28(image):
     if isinstance(image, np.ndarray):
         arr = image
         if arr.dtype != np.uint8:  # floats in [0,1] as the model sees them
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+            arr = to_uint8(arr)
         image = Image.fromarray(arr.squeeze())
     if not isinstance(image, Image.Image):
         raise ValueError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")

@@ -70,7 +70,7 @@ class HubFiles:
 
     def pushed(self, repo_id):
         """What earlier pushes of this replica to `repo_id` carried (flags/pushed.json), as
-        hubsync recorded it after each successful commit; {} if none (or the record is unreadable:
+        hub/sync.py recorded it after each successful commit; {} if none (or the record is unreadable:
         then everything is pushed again, which the shard names make harmless)."""
         try:
             record = json.loads((self.root / PUSHED).read_bytes())

@@ -8,3 +8,5 @@ dashboard.py  the dashboard's numbers, from the parts of a Studio it is given
 """
 from .service import Studio, StudioError, Visitor
 from .tally import Tally
+
+__all__ = ["Studio", "StudioError", "Visitor", "Tally"]

@@ -1,16 +1,14 @@
 """Studio: everything the app does, as plain Python (no Gradio): predict, flag, vote, roll back,
 and the numbers the dashboard shows. Errors meant for the visitor are StudioError, whose message
-is safe to show; ui.py turns them into Gradio errors in one place.
+is safe to show; web/ui.py turns them into Gradio errors in one place.
 
 Lifecycle: Studio(settings) opens the store and the rounds (no network, no threads); start()
 restores from the Hub when one is configured, starts the Hub sync and any round already due;
 stop() makes the final push.
 """
-import math
 import threading
 from dataclasses import dataclass
 
-import numpy as np
 
 from . import dashboard
 from ..model import mnist as data

@@ -9,3 +9,5 @@ identity.py    the anonymous visitor's id: a salted hash of the client address
 page.py        the Draw tab's browser code (page.js, page.css) and the PNG it sends
 """
 from .ui import build, launch
+
+__all__ = ["build", "launch"]

@@ -27,11 +27,9 @@ Wiring (build() returns the gr.Blocks; ui.launch() calls demo.queue(...).launch(
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 import weakref
-from pathlib import Path
 
 import gradio as gr
 from fastapi import HTTPException
