@@ -48,7 +48,7 @@ def main():
         for i in range(args.human):
             k = int(rng.integers(len(arrays["test_y"])))
             x = preprocess.to_mnist(random_canvas(arrays["test_x"][k], rng))
-            store.append(x, int(arrays["test_y"][k]), round=r, session="bench")
+            store.append(x, int(arrays["test_y"][k]), round=r, visitor="bench")
             job.notify()
         start = time.perf_counter()
         job.wait()

@@ -34,7 +34,7 @@ def seed(home, n, arrays):
             k = i % len(arrays["test_y"])
             label = int(arrays["test_y"][k])
             ids.append(store.append(arrays["test_x"][k], label, prediction=(label + i % 2) % 10,
-                                    confidences=[0.1] * 10, round=0, session=f"anon-{i % 997:04x}"))
+                                    confidences=[0.1] * 10, round=0, visitor=f"anon-{i % 997:04x}"))
             if i % 10 == 0:
                 store.vote(ids[-1], f"anon-voter{i % 13}", bool(i % 3))
     finally:
@@ -76,7 +76,7 @@ def one_size(n, do_round):
     x, kept = to_mnist(canvas), keepable(canvas)
     out = {"flags": n, "seed_s": round(seeded, 1), "startup_s": round(startup, 2),
            "flag_ms": median_ms(lambda i: studio.flag(canvas, 3, f"anon-bench{i}")),
-           "append_ms": median_ms(lambda i: studio.store.append(x, 3, canvas=kept, prediction=3, session="b")),
+           "append_ms": median_ms(lambda i: studio.store.append(x, 3, canvas=kept, prediction=3, visitor="b")),
            "next_ms": median_ms(lambda i: studio.next_to_vote(f"anon-judge{i}"))}
     ids = [studio.next_to_vote(f"anon-judge{i}")["id"] for i in range(50)]
     out["verify_ms"] = median_ms(lambda i: studio.vote(ids[i], True, f"anon-judge{i}"))

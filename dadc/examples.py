@@ -43,7 +43,7 @@ class Example:
     confidences: tuple         # its 10 probabilities (all 0 if not recorded)
     round: int                 # the number of the round that served it
     time: str                  # UTC, files.utc_now()
-    session: str               # who flagged it (an identity, never a secret)
+    visitor: str               # who flagged it (stored as the row's `session`) (an identity, never a secret)
     path: Path                 # the 28x28 PNG (white digit on black, as MNIST)
     canvas_path: Path          # the original canvas (the 28x28 itself when none was kept)
     agree: int = 0             # votes of others: one per voter, their latest
@@ -87,7 +87,7 @@ class Example:
 @dataclass(frozen=True)
 class Vote:
     id: str        # the example voted on
-    session: str   # who voted (the flagger voting against their own example retracts it)
+    visitor: str   # who voted (stored as the vote's `session`) (the flagger voting against their own example retracts it)
     agree: bool
     time: str
     digit: int | None = None  # with a disagreeing vote: the digit the voter says it is

@@ -9,7 +9,7 @@ from test_rounds import attempts, flag_some, loop, round0  # noqa: F401 (fixture
 
 def ex(i, time):
     return Example(id=f"{i:032x}", label=i % 10, prediction=-1, confidences=(0.0,) * 10, round=0, time=time,
-                   session="s", path=Path("x.png"), canvas_path=Path("x.png"))
+                   visitor="s", path=Path("x.png"), canvas_path=Path("x.png"))
 
 
 def test_new_examples_first_then_a_seeded_replay_sample_of_older_ones():

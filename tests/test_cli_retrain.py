@@ -28,7 +28,7 @@ def home_with_flags(tmp_path, round0, n):
     store = FlagStore(home)
     for i in range(n):
         store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), prediction=0,
-                     round=0, session=f"s{i}")
+                     round=0, visitor=f"s{i}")
     return home
 
 

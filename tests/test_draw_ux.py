@@ -86,7 +86,7 @@ def test_snapshot_refuses_other_sizes_and_formats_before_decoding():
 
 def example(session, label, prediction, round_=0, time_="2020-01-01T00:00:00Z"):
     return Example(id=f"{session}-{label}-{prediction}-{time_}", label=label, prediction=prediction,
-                   confidences=(0.0,) * 10, round=round_, time=time_, session=session, path=Path("x"),
+                   confidences=(0.0,) * 10, round=round_, time=time_, visitor=session, path=Path("x"),
                    canvas_path=Path("x"))
 
 

@@ -295,7 +295,7 @@ def earlier_run_on_the_hub(hub, tmp_path, mnist, n=3):  # noqa: F811
 
     store = FlagStore(tmp_path / "earlier-home")
     ids = [store.append(mnist["test_x"][20 + i], int(mnist["test_y"][20 + i]), prediction=0, confidences=[0.1] * 10,
-                        round=0, session="anon-earlier") for i in range(n)]
+                        round=0, visitor="anon-earlier") for i in range(n)]
     files = {p.relative_to(store.root).as_posix(): p.read_bytes() for p in store.dir.rglob("*") if p.is_file()}
     repo = hub.repos[("dataset", DATASET)] = Repo(DATASET, "dataset", private=True)
     repo.commits.append((uuid.uuid4().hex + uuid.uuid4().hex[:8], files))

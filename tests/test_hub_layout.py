@@ -46,7 +46,7 @@ def png(img):
 
 def flag(store, k, canvas=False):
     return store.append(digit(k), k % 10, canvas=Image.new("RGBA", (40 + k, 30)) if canvas else None,
-                        prediction=(k + 1) % 10, confidences=[0.1] * 10, session=f"s{k % 3}")
+                        prediction=(k + 1) % 10, confidences=[0.1] * 10, visitor=f"s{k % 3}")
 
 
 def sync_for(store):
@@ -202,8 +202,8 @@ def test_restore_from_shards_into_an_empty_home(tmp_path, fake_hub):
         for e in store.examples():
             assert Path(got[e.id].path).read_bytes() == Path(e.path).read_bytes()
             assert Path(got[e.id].canvas_path).read_bytes() == Path(e.canvas_path).read_bytes()
-            assert (got[e.id].label, got[e.id].confidences, got[e.id].session, got[e.id].time) == \
-                (e.label, e.confidences, e.session, e.time)
+            assert (got[e.id].label, got[e.id].confidences, got[e.id].visitor, got[e.id].time) == \
+                (e.label, e.confidences, e.visitor, e.time)
     assert (got[ids[0]].agree, got[ids[6]].disagree) == (1, 1)
     rows = [json.loads(line) for line in (home / "flags" / "data" / a.replica / "metadata.jsonl").read_text().splitlines()]
     assert [r["canvas_file_name"] == r["file_name"] for r in rows] == [k % 2 == 1 for k in range(6)]

@@ -90,7 +90,7 @@ def test_flags_land_in_a_private_repo_and_load_with_datasets(tmp_path, fake_hub,
     import datasets
 
     store = FlagStore(tmp_path)
-    ids = [store.append(digit(k), k % 10, prediction=(k + 3) % 10, session="s") for k in range(6)]
+    ids = [store.append(digit(k), k % 10, prediction=(k + 3) % 10, visitor="s") for k in range(6)]
     store.vote(ids[0], "other", True)
     sync = start(syncs, store)
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 6), sync.status()
@@ -105,7 +105,7 @@ def test_flags_land_in_a_private_repo_and_load_with_datasets(tmp_path, fake_hub,
     st = sync.status()
     assert st["last_push"] and st["last_error"] is None and st["connected"]
     # more flags go with the next scheduled push, without anyone asking
-    more = [store.append(digit(10 + k), 1, session="s") for k in range(3)]
+    more = [store.append(digit(10 + k), 1, visitor="s") for k in range(3)]
     assert wait_for(lambda: len(hub_rows(fake_hub)) == 9)
     ds = datasets.load_dataset(DATASET, split="train", token=TOKEN)  # the Hub copy loads too
     assert sorted(ds["id"]) == sorted(ids + more)
@@ -157,7 +157,7 @@ def test_replicas_push_to_distinct_paths(tmp_path, fake_hub, syncs):
 
 def test_restore_into_an_empty_home_and_rounds_to_the_hub(tmp_path, fake_hub, syncs):
     old = FlagStore(tmp_path / "old")
-    ids = [old.append(digit(k), k % 10, canvas=Image.new("RGBA", (50, 50)) if k == 0 else None, session="s")
+    ids = [old.append(digit(k), k % 10, canvas=Image.new("RGBA", (50, 50)) if k == 0 else None, visitor="s")
            for k in range(5)]
     old.vote(ids[1], "v", False)
     sync = start(syncs, old, model_repo=MODELS)

@@ -56,7 +56,7 @@ def test_folder_import_stores_each_drawing_as_the_app_would(tmp_path):
             pixels = preprocess.to_uint8(preprocess.to_mnist(canvas))  # the app's own preprocessing
             e = by_pixels[pixels.tobytes()]
             assert e.label == int(row["label"])
-            assert (e.session, e.prediction, e.round) == ("import:drawn", -1, 0)
+            assert (e.visitor, e.prediction, e.round) == ("import:drawn", -1, 0)
             with Image.open(e.canvas_path) as kept:  # the canvas is kept too, as the app keeps it
                 assert e.canvas_path != e.path
                 assert np.array_equal(np.asarray(kept.convert("RGBA")), np.asarray(keepable(canvas).convert("RGBA")))
@@ -79,7 +79,7 @@ def test_export_then_import_into_a_fresh_home_round_trips_pixels_and_labels(tmp_
         canvas = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)) if i % 2 else None
         conf = list(np.eye(10)[(i + 1) % 10]) if i % 3 else None
         store.append(x, i % 10, canvas=canvas, prediction=(i + 1) % 10 if i % 3 else None, confidences=conf,
-                     round=i, session="someone")
+                     round=i, visitor="someone")
     r = dadc("export", out, home=old)
     assert r.returncode == 0, r.stderr
     r = dadc("import", out, home=new)
@@ -101,7 +101,7 @@ def test_export_then_import_into_a_fresh_home_round_trips_pixels_and_labels(tmp_
         if a[5] is not None:
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(a[5])).convert("RGB")),
                                   np.asarray(Image.open(io.BytesIO(b[5])).convert("RGB")))
-    assert {e.session for e in FlagStore(new).examples()} == {"import:export"}
+    assert {e.visitor for e in FlagStore(new).examples()} == {"import:export"}
     r = dadc("import", out / "data" / "train-00000-of-00001.parquet", home=new)  # one shard, all known
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout.strip().splitlines()[-1])

@@ -202,7 +202,7 @@ def test_skipped_rows_are_counted_by_reason(tmp_path, fake_hub):
 
 def test_a_row_with_an_id_the_home_already_has_is_skipped(tmp_path, fake_hub):
     store = FlagStore(tmp_path / "home")
-    mine = store.append(Image.open(io.BytesIO(digit(1))), 4, session="me")
+    mine = store.append(Image.open(io.BytesIO(digit(1))), 4, visitor="me")
     hub = Replica(FLAGS)
     hub.flag("dup", id=mine, label=8, session="mallory")  # its image too: only the row is refused
     other = hub.flag("fresh")
@@ -211,7 +211,7 @@ def test_a_row_with_an_id_the_home_already_has_is_skipped(tmp_path, fake_hub):
     assert sync.restore()["examples"] == 1 and sync.skipped_rows == 1
     by_id = {e.id: e for e in store.examples()}
     assert set(by_id) == {mine, other}
-    assert (by_id[mine].label, by_id[mine].session) == (4, "me")  # the local row stands
+    assert (by_id[mine].label, by_id[mine].visitor) == (4, "me")  # the local row stands
 
 
 @pytest.mark.parametrize("all_bad", [True, False])

@@ -79,7 +79,7 @@ def flag_some(store, job, arrays, n, start=0, label_shift=0):
     ids = []
     for i in range(start, start + n):
         x = arrays["test_x"][i].astype(np.float32) / 255
-        ids.append(store.append(x, int(arrays["test_y"][i] + label_shift) % 10, prediction=0, round=0, session=f"s{i}"))
+        ids.append(store.append(x, int(arrays["test_y"][i] + label_shift) % 10, prediction=0, round=0, visitor=f"s{i}"))
         job.notify()
     return ids
 
@@ -231,7 +231,7 @@ def test_verified_only_uses_examples_only_once_verified(loop):
 
     registry, predictor, store, make_job, arrays = loop
     cfg = RoundConfig(verified_only=True, votes=2)
-    ids = [store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), session="a")
+    ids = [store.append(arrays["test_x"][i].astype(np.float32) / 255, int(arrays["test_y"][i]), visitor="a")
            for i in range(3)]
     assert eligible(store.examples(), cfg) == []
     store.vote(ids[0], "b", True)

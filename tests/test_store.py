@@ -39,13 +39,13 @@ def test_append_and_read_back(tmp_path):
     store = FlagStore(tmp_path)
     canvas = Image.new("RGBA", (300, 300), (255, 255, 255, 255))
     i = store.append(digit(1), 7, canvas=canvas, prediction=1, confidences={"1": 0.8, "7": 0.2},
-                     round=2, session="s1")
+                     round=2, visitor="s1")
     j = store.append(digit(2), 3)  # no canvas, prediction or confidences
     assert store.count() == 2
     a, b = store.examples()[0], store.examples()[1]
     if a.id != i:
         a, b = b, a
-    assert (a.id, a.label, a.prediction, a.round, a.session) == (i, 7, 1, 2, "s1")
+    assert (a.id, a.label, a.prediction, a.round, a.visitor) == (i, 7, 1, 2, "s1")
     assert a.confidences[1] == 0.8 and a.confidences[7] == 0.2 and len(a.confidences) == 10
     assert np.array_equal(np.asarray(store.image(a)), np.asarray(digit(1)))
     assert Image.open(a.canvas_path).size == (300, 300)
@@ -148,7 +148,7 @@ def test_64_threads_x_20_flags_give_exactly_1280_records(tmp_path):
     def writer(t):
         try:
             for k in range(20):
-                ids.append(store.append(digit(t), (t + k) % 10, session=f"t{t}"))
+                ids.append(store.append(digit(t), (t + k) % 10, visitor=f"t{t}"))
         except Exception as e:  # pragma: no cover - the assertion below shows it
             errors.append(e)
 
@@ -175,7 +175,7 @@ img = Image.fromarray(np.full((28, 28), 200, np.uint8))
 if len(sys.argv) > 4:  # start together with the other writer, so they really overlap
     time.sleep(max(0.0, float(sys.argv[4]) - time.time()))
 for k in range(int(sys.argv[2])):
-    print(store.append(img, k % 10, session=sys.argv[3]), flush=True)  # printed = acknowledged
+    print(store.append(img, k % 10, visitor=sys.argv[3]), flush=True)  # printed = acknowledged
 """
 
 
@@ -188,9 +188,9 @@ def test_two_processes_on_one_home(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     rows = FlagStore(tmp_path).examples()
     assert len(rows) == 400 and {r.id for r in rows} == acked[0] | acked[1]
-    sessions = [r.session for r in rows]  # file order: the two writers' rows interleave
+    sessions = [r.visitor for r in rows]  # file order: the two writers' rows interleave
     assert sum(a != b for a, b in zip(sessions, sessions[1:])) > 2
-    assert len({r.session for r in rows}) == 2
+    assert len({r.visitor for r in rows}) == 2
     assert len(FlagStore(tmp_path).replica_dirs()) == 1  # one home, one replica folder
 
 
@@ -326,7 +326,7 @@ def test_local_store_loads_with_datasets(tmp_path):
     store = FlagStore(tmp_path)
     canvas = Image.new("RGBA", (64, 64), (255, 255, 255, 255))
     ids = [store.append(digit(k), k % 10, canvas=canvas if k % 2 else None, prediction=(k + 1) % 10,
-                        confidences=[0.1] * 10, session="s") for k in range(12)]
+                        confidences=[0.1] * 10, visitor="s") for k in range(12)]
     store.vote(ids[0], "v", True)  # votes.jsonl must not confuse the loader
     for ds in (datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "flags" / "data"), split="train"),
                datasets.load_dataset(str(tmp_path / "flags"), split="train")):  # via the dataset card
@@ -344,7 +344,7 @@ def test_export_writes_parquet_train_validation(tmp_path):
 
     home, out = tmp_path / "home", tmp_path / "out"
     store = FlagStore(home)
-    ids = [store.append(digit(k), k % 10, session="s") for k in range(40)]
+    ids = [store.append(digit(k), k % 10, visitor="s") for k in range(40)]
     store.vote(ids[0], "v", False)
     counts = export_dataset(home, out)
     assert counts["train"] + counts["validation"] == 40 and counts["validation"] >= 1
@@ -366,7 +366,7 @@ def test_export_writes_parquet_train_validation(tmp_path):
 
 def test_human_tensors(tmp_path):
     store = FlagStore(tmp_path)
-    ids = [store.append(digit(k), k, session="s") for k in range(5)]
+    ids = [store.append(digit(k), k, visitor="s") for k in range(5)]
     store.vote(ids[4], "v1", False)  # rejected by validators: left out of training
     x, y = human_tensors(tmp_path)
     assert tuple(x.shape) == (4, 1, 28, 28) and str(x.dtype) == "torch.float32" and str(y.dtype) == "torch.int64"

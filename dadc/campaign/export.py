@@ -38,8 +38,7 @@ def export_dataset(home, out_dir):
             # bytes, not paths: the parquet holds the images themselves
             cols = {"image": [{"bytes": store.png(e), "path": None} for e in rs],
                     "canvas": [{"bytes": store.png(e, canvas=True), "path": None} for e in rs]}
-            cols.update({k: [list(getattr(e, k)) if k == "confidences" else getattr(e, k) for e in rs]
-                         for k in features if k not in cols})
+            cols.update({k: [column(e, k) for e in rs] for k in features if k not in cols})
             datasets.Dataset.from_dict(cols, features=features).to_parquet(
                 str(out / "data" / f"{split}-00000-of-00001.parquet"))
             counts[split] = len(rs)
@@ -47,3 +46,9 @@ def export_dataset(home, out_dir):
         if not was_quiet:
             datasets.enable_progress_bars()
     return counts
+
+
+def column(example, name):
+    """An example's value in the export's column `name` (the store's row names: `session` holds the visitor)."""
+    value = getattr(example, "visitor" if name == "session" else name)
+    return list(value) if name == "confidences" else value

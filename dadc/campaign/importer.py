@@ -245,7 +245,7 @@ def detect(source):
                      "nor a parquet export (`python -m dadc export OUT` writes OUT/data/*.parquet)")
 
 
-def session_name(source):
+def visitor_name(source):
     name = "".join(c if c.isprintable() else "?" for c in Path(source).resolve().name)[:MAX_NAME]
     return f"import:{name}"
 
@@ -271,11 +271,11 @@ def _prefetched(fn, items, workers=WORKERS, window=32):
             yield (it, *fut.result())
 
 
-def append(store, row, session):
+def append(store, row, visitor):
     """Store one row (its canvas in compact form: made only for a row that is not a duplicate)."""
     canvas = None if row.canvas is None else compact(row.canvas)
     return store.append(row.pixels, row.label, canvas=canvas, prediction=row.prediction,
-                        confidences=row.confidences, round=row.round, session=session)
+                        confidences=row.confidences, round=row.round, visitor=visitor)
 
 
 def run(source, home, max_flags=None, err=None):
@@ -288,13 +288,13 @@ def run(source, home, max_flags=None, err=None):
     total, rows, read = reader(kind, what, source)
     lock = hold_home(home)
     try:
-        job = _Import(FlagStore(home), session_name(source), max_flags, err)
+        job = _Import(FlagStore(home), visitor_name(source), max_flags, err)
         job.add(rows, read, total, source.name)
     finally:
         os.close(lock)
     job.summarise()
     out = {"imported": job.counts["imported"], "duplicates": job.counts["duplicates"], "bad": job.counts["bad"],
-           "source": str(source), "format": kind, "session": job.session}
+           "source": str(source), "format": kind, "session": job.visitor}
     if job.counts["over_cap"]:
         out["over_cap"] = job.counts["over_cap"]
     return out
@@ -324,8 +324,8 @@ class _Import:
     """One import into an open store: the keys of the 28x28s already there (a row equal to one is a
     duplicate), the counts by outcome, the bad rows by reason and their first MAX_SHOWN reports."""
 
-    def __init__(self, store, session, max_flags, err):
-        self.store, self.session, self.max_flags, self.err = store, session, max_flags, err
+    def __init__(self, store, visitor, max_flags, err):
+        self.store, self.visitor, self.max_flags, self.err = store, visitor, max_flags, err
         self.seen, self.stored = set(), 0
         for example in store.examples():
             self.stored += 1
@@ -354,7 +354,7 @@ class _Import:
                         self.settle(*pending.popleft())
                     k = self.admit(where, row, e, len(pending))
                     if k is not None:
-                        pending.append((where, k, writers.submit(append, self.store, row, self.session)))
+                        pending.append((where, k, writers.submit(append, self.store, row, self.visitor)))
                 while pending:
                     self.settle(*pending.popleft())
             except Exception as e:  # e.g. StoreError: a full or read-only disk

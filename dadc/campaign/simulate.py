@@ -207,7 +207,7 @@ class _Campaign:
             return False
         # the simulated person flags what fooled the model
         self.store.append(x, y, canvas=canvas() if callable(canvas) else canvas, prediction=int(p.argmax()),
-                          confidences=[float(v) for v in p], round=round_number(name), session="simulate")
+                          confidences=[float(v) for v in p], round=round_number(name), visitor="simulate")
         self.flags += 1
         self.job.notify()
         return True

@@ -135,7 +135,7 @@ class FlagStore:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def append(self, image28, label, *, canvas=None, prediction=None, confidences=None, round=0, session=""):
+    def append(self, image28, label, *, canvas=None, prediction=None, confidences=None, round=0, visitor=""):
         """Store one flagged example durably; returns its id once it is on disk (fsynced)."""
         if self.readonly:
             raise StoreError("the flag store was opened read-only")
@@ -154,7 +154,7 @@ class FlagStore:
         canvas_name = f"images/{id_}-canvas.png" if canvas is not None else file_name
         row = {"file_name": file_name, "canvas_file_name": canvas_name, "label": label, "prediction": prediction,
                "confidences": confidences, "round": int(round), "time": files.utc_now(),
-               "session": str(session)[:MAX_SESSION], "id": id_}
+               "session": str(visitor)[:MAX_SESSION], "id": id_}
         written, fds = [], []
         try:
             for name, img in ((file_name, image28), (canvas_name, canvas)):
@@ -179,8 +179,8 @@ class FlagStore:
                 os.close(fd)
         return id_
 
-    def vote(self, id, session, agree, digit=None, admin=False):
-        """Record that `session` agrees (or not) with the label of flag `id`, and with a disagreeing
+    def vote(self, id, visitor, agree, digit=None, admin=False):
+        """Record that `visitor` agrees (or not) with the label of flag `id`, and with a disagreeing
         vote the digit it is (optional); `admin`: cast by an admin. A vote by the flagger against
         their own example retracts it. Appended, never rewritten: a voter's latest vote counts."""
         if self.readonly:
@@ -191,7 +191,7 @@ class FlagStore:
             raise ValueError("a digit goes only with a disagreeing vote")
         if self.find(id) is None:
             raise ValueError(f"no flagged example with id {str(id)[:80]!r}")
-        row = {"id": id, "session": str(session)[:MAX_SESSION], "agree": agree, "time": files.utc_now(),
+        row = {"id": id, "session": str(visitor)[:MAX_SESSION], "agree": agree, "time": files.utc_now(),
                **({"digit": int(digit)} if digit is not None else {}), **({"admin": True} if admin else {})}
         try:
             files.append_line(self.dir / VOTES, row)
@@ -227,13 +227,13 @@ class FlagStore:
         with self._index_lock:
             return len(self._fresh_index().rows)
 
-    def next_to_vote(self, session, votes, rng=random):
-        """An example `session` neither flagged nor voted on and not yet decided (Example.decided
+    def next_to_vote(self, visitor, votes, rng=random):
+        """An example `visitor` neither flagged nor voted on and not yet decided (Example.decided
         with `votes`), among those with the fewest votes (a random one of them), or None. Cost
         bounded by PROBES per vote count, not by the store."""
         with self._index_lock:
             index = self._fresh_index()
-            id_ = index.next_to_vote(session, rng, votes)
+            id_ = index.next_to_vote(visitor, rng, votes)
             return None if id_ is None else index.example(id_)
 
     def version(self):

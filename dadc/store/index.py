@@ -69,7 +69,7 @@ class Index:
         agree = sum(a for a, _, _ in others.values())
         admin = [a for a, _, is_admin in others.values() if is_admin]
         return Example(id=id_, label=row["label"], prediction=row["prediction"], confidences=tuple(row["confidences"]),
-                       round=row["round"], time=row["time"], session=row["session"], path=d / row["file_name"],
+                       round=row["round"], time=row["time"], visitor=row["session"], path=d / row["file_name"],
                        canvas_path=d / row["canvas_file_name"], agree=agree, disagree=len(others) - agree,
                        corrections=tuple(g for a, g, _ in others.values() if not a and g is not None),
                        admin=admin[-1] if admin else None, retracted=own is not None and not own[0])

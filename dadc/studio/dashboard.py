@@ -67,8 +67,8 @@ def _count(store, cfg):
     rows = store.examples()
     verified = [e for e in rows if e.verified(cfg.votes)]
     return {"per_digit": Counter((e.label, "collected") for e in rows) + Counter((e.label, "verified") for e in verified),
-            "fooled_by": Counter(e.session for e in rows if e.fooled),
-            "verified_by": Counter(e.session for e in verified if e.fooled),
+            "fooled_by": Counter(e.visitor for e in rows if e.fooled),
+            "verified_by": Counter(e.visitor for e in verified if e.fooled),
             "rounds_by": _rounds_by(rows),
             "fooled": Counter(e.round for e in rows if e.fooled),
             "fooled_verified": Counter(e.round for e in verified if e.fooled),
@@ -81,7 +81,7 @@ def _rounds_by(rows):
     out = {}
     for e in rows:
         if e.fooled:
-            out.setdefault(e.session, set()).add(e.round)
+            out.setdefault(e.visitor, set()).add(e.round)
     return out
 
 

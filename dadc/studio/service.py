@@ -187,16 +187,16 @@ class Studio:
 
     # --- draw and predict ---
 
-    def predict(self, canvas, session):
+    def predict(self, canvas, visitor_id):
         """(10 probabilities by digit, the 28x28 the model saw), or (the reason, None) when the
         canvas holds no digit. Counts one attempt per drawing, not one per stroke."""
         try:
             x = preprocess.to_mnist(canvas)
         except preprocess.CanvasError as e:
-            self.attempts.close(session)
+            self.attempts.close(visitor_id)
             return str(e), None
         name, p = self.predictor.probs(x)
-        self.attempts.open(session, round_number(name))
+        self.attempts.open(visitor_id, round_number(name))
         return {str(d): float(p[d]) for d in range(10)}, x
 
     # --- flag ---
@@ -216,7 +216,7 @@ class Studio:
         prediction = int(p.argmax())
         try:
             id_ = self.store.append(x, digit, canvas=keepable(preprocess.pick(canvas)), prediction=prediction,
-                                    confidences=[float(v) for v in p], round=round_number(name), session=who.id)
+                                    confidences=[float(v) for v in p], round=round_number(name), visitor=who.id)
         except StoreError as e:
             self.limits.unreserve()
             raise StudioError(str(e)) from None
@@ -243,7 +243,7 @@ class Studio:
         if self.settings.vote_login and who.anonymous:
             raise StudioError("Log in with Hugging Face to vote.")
         example = example_of(self.store, id_)
-        if example.session == who.id:
+        if example.visitor == who.id:
             raise StudioError("You cannot verify your own example (you may retract it).")
         check_vote(agree, digit)
         self._cast(example, who, agree, digit)
@@ -253,7 +253,7 @@ class Studio:
         """The flagger takes their own example back: it trains nothing and is asked of nobody."""
         who = visitor(who)
         example = example_of(self.store, id_)
-        if example.session != who.id:
+        if example.visitor != who.id:
             raise StudioError("Only the person who flagged an example may retract it.")
         self._cast(example, who, False, None)
         return {"id": id_, "retracted": True}

@@ -34,7 +34,7 @@ class Tally:
             if self.seeded:
                 return
             for e in old:
-                v = self._visitors.setdefault(e.session, [0, 0])
+                v = self._visitors.setdefault(e.visitor, [0, 0])
                 v[0] += 1
                 v[1] += e.fooled
             if self._round in (None, serving_round):

@@ -32,21 +32,21 @@ class Attempts:
         except (OSError, ValueError, AttributeError, TypeError):
             self._counts, self._visitors = Counter(), Counter()
 
-    def open(self, session, round_):
+    def open(self, visitor, round_):
         with self._lock:
-            if session not in self._open:
+            if visitor not in self._open:
                 if len(self._open) >= MAX_SESSIONS:
                     self._open.pop(next(iter(self._open)))
-                self._open[session] = round_
+                self._open[visitor] = round_
                 self._counts[round_] += 1
-                if session in self._visitors or len(self._visitors) < MAX_VISITORS:
-                    self._visitors[session] += 1
+                if visitor in self._visitors or len(self._visitors) < MAX_VISITORS:
+                    self._visitors[visitor] += 1
         if time.monotonic() - self._saved > 5:
             self.save()
 
-    def close(self, session):
+    def close(self, visitor):
         with self._lock:
-            self._open.pop(session, None)
+            self._open.pop(visitor, None)
 
     def counts(self):
         with self._lock:
