@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,47 @@ def test_page_says_what_is_stored_before_the_first_flag(app):
     config = json.load(urllib.request.urlopen(app.url + "/config", timeout=10))
     texts = " ".join(str(b["props"].get("value")) for b in config["components"] if b.get("type") == "markdown")
     assert "What is kept when you flag" in texts and "CC BY 4.0" in texts and "username" in texts
+
+
+def file_route(app, path):
+    """GET Gradio's file route for an absolute path on the server, as any script can: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"{app.url}/gradio_api/file={path}", timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_no_file_of_the_flag_store_is_served_only_copies_of_the_pictures_shown(app, good):
+    """Issue 25, finding 1: Gradio's file route served every file under DADC_HOME/flags (the app
+    passed the store's folder as allowed_paths): the rows with every flagger's id, the votes, the
+    replica id, retracted canvases. Now the page gets pixels, and Gradio serves its own copy."""
+    flagger, voter = fresh_session(app, "198.51.100.31"), fresh_session(app, "198.51.100.32")
+    receipt = flagger.predict(good, 4, api_name="/flag")
+    replica = (app.home / "flags" / "replica").read_text().strip()
+    folder = app.home / "flags" / "data" / replica
+    secrets_ = [folder / "metadata.jsonl", app.home / "flags" / "replica", folder / f"images/{receipt['id']}.png",
+                folder / f"images/{receipt['id']}-canvas.png", app.home / "flags" / "README.md",
+                app.home / "identity.key", app.home / "rounds" / "CURRENT"]
+    flagger.predict(receipt["id"], api_name="/retract")  # a retracted canvas is no more public than any
+    for path in secrets_ + [folder / "votes.jsonl"]:
+        if path.exists():
+            status, body = file_route(app, path)
+            assert status in (403, 404) and b"session" not in body, (path, status)
+    flagger.predict(good, 5, api_name="/flag")  # one to show
+    picture, *_ = voter.predict(api_name="/verify_next")  # the Verify tab still shows a drawing:
+    assert picture and Path(picture).stat().st_size > 0  # gradio_client fetched the served copy
+
+
+@pytest.mark.parametrize("text", ["HF_TOKEN is not set", "a_b#c*d", "<img src=x onerror=alert(1)> & \"q\" 's'",
+                                  "[link](http://evil) ![i](j) `code`", "back\\slash", "&#95; &amp;"])
+def test_text_from_outside_reads_exactly_as_it_was_on_the_page(text):
+    """Issue 25, finding 14: md() escaped its own entities, so every visitor read "HF&#95;TOKEN" on the
+    dashboard. What the browser shows (the entities decoded) is the text itself, with no markup left."""
+    import html
+
+    from dadc.web.ui import md
+
+    shown = md(text)
+    assert html.unescape(shown) == text
+    assert not set(shown) & set("<>\"'*_[]`\\") and "&" not in shown.replace("&#", "")

@@ -135,11 +135,6 @@ class Studio:
         """The name of the round that answers now (e.g. "round-003")."""
         return self.predictor.round
 
-    @property
-    def files_root(self):
-        """The folder the flags' files live under (the page may serve files from it)."""
-        return self.store.root
-
     def examples(self):
         """Every stored flagged example (store.examples())."""
         return self.store.examples()

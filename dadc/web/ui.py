@@ -19,6 +19,7 @@ import threading
 import warnings
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -75,15 +76,31 @@ def privacy_notice(settings):
             "published under CC BY 4.0. Nothing is kept while you only draw.")
 
 
+# HTML's special characters and Markdown's, each as an entity, in one pass: escaping in turns would
+# escape the entities of the turn before ("_" -> "&#95;", then "#" -> "&&#35;95;", shown as "&#95;")
+_PLAIN = str.maketrans({c: f"&#{ord(c)};" for c in "&<>\"'*_[]`#\\"})
+
+
 def md(text):
-    """Text from people or the Hub, safe inside Markdown/HTML (no links, images or markup)."""
-    return html.escape(str(text)).replace("*", "&#42;").replace("_", "&#95;").replace("[", "&#91;") \
-        .replace("`", "&#96;").replace("#", "&#35;")
+    """Text from people or the Hub, shown as plain text inside Markdown/HTML (no links, images or
+    markup): what the page shows is exactly `text`."""
+    return str(text).translate(_PLAIN)
 
 
 def seen_image(x):
     """The 28x28 the model saw, enlarged for the page."""
     return None if x is None else preprocess.to_image(x).resize((112, 112), Image.NEAREST)
+
+
+@functools.lru_cache(maxsize=512)
+def stored_image(path):
+    """A stored canvas as pixels for the page (read-only). The page is handed the pixels, never the
+    store's path: Gradio then serves a copy from its own cache, and no route serves the store's
+    folder (its metadata names every flagger and voter). Stored files never change: cached by path."""
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGBA") if img.mode not in ("RGB", "RGBA", "L") else img.copy())
+    pixels.setflags(write=False)
+    return pixels
 
 
 TESTED_GRADIO = "6.31.0"  # the Gradio whose internals web/ relies on (bounds, components, page.js)
@@ -289,7 +306,7 @@ def vote_tab(studio, who):
     gr.Markdown("Check other people's flags (never your own): is the label right? If not, say which digit "
                 "it is: when enough people agree, the example is relabelled.")
     with gr.Row():
-        picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[])
+        picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[], format="png")
         with gr.Column():
             question = gr.Markdown("Press *Next* to see an example.")
             example_id = gr.Textbox(visible=False)
@@ -314,7 +331,7 @@ def vote_tab(studio, who):
         if ex is None:
             return {picture: None, question: "Nothing to verify right now: come back later.", example_id: "",
                     example_label: None, result: {}}
-        return {picture: ex["canvas"], question: f"### Is this a **{md(ex['label'])}**?", example_id: ex["id"],
+        return {picture: stored_image(ex["canvas"]), question: f"### Is this a **{md(ex['label'])}**?", example_id: ex["id"],
                 example_label: ex["label"], result: {"id": ex["id"], "label": ex["label"]}}
 
     next_btn.click(next_example, None, shows, api_name="verify_next", concurrency_limit=None)
@@ -366,7 +383,7 @@ def dashboard_tab(studio, who, tab):
     with gr.Row():
         acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", x_axis_format="d",
                              title="Clean and PGD accuracy per round")
-        gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260)
+        gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260, format="png")
     with gr.Row():
         matrix = gr.BarPlot(x="fooled", y="accuracy", color="round", title="Each round on the held-out examples "
                             "that fooled earlier rounds", y_lim=[0, 1])
@@ -391,7 +408,7 @@ def dashboard_tab(studio, who, tab):
         return {status: md(d["status"]), per_digit: pd.DataFrame(d["digits"]),
                 mer: pd.DataFrame(d["mer"], columns=["round", "kind", "rate"]),
                 acc: pd.DataFrame(d["accuracy"], columns=["round", "metric", "accuracy"]),
-                gallery: d["gallery"], history: d["history"] or [[""] * 7],
+                gallery: [(stored_image(p), caption) for p, caption in d["gallery"]], history: d["history"] or [[""] * 7],
                 rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"]),
                 admin_row: gr.Row(visible=d["admin"]), leaders: d["leaders"] or [[""] * 5],
                 matrix: pd.DataFrame(d["matrix"], columns=["round", "fooled", "accuracy", "n"])}
@@ -448,5 +465,4 @@ def launch(demo, **kwargs):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, shut_down)
     demo.queue(default_concurrency_limit=None, max_size=None)
-    return demo.launch(max_threads=64, allowed_paths=[str(demo.studio.files_root)],  # DADC_HOME anywhere
-                       **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
+    return demo.launch(max_threads=64, **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
