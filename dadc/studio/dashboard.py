@@ -95,7 +95,7 @@ def leaderboard(c, nicknames, attempts):
     names, tried_by = nicknames.all(), attempts.by_visitor()
     rows = []
     for who in sorted(c["fooled_by"], key=lambda w: (-c["verified_by"][w], -c["fooled_by"][w], w)):
-        name = names.get(who) or (None if who.startswith(("anon-", "import:", "simulate")) else who)
+        name = names.get(who) or (None if who.startswith(("anon-", "import:")) or who == "simulate" else who)
         if name is None:
             continue
         tried = tried_by.get(who)

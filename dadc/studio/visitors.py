@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import files
+from .limits import RateLimit
 
 MAX_SESSIONS = 10_000  # open drawings remembered (bounded memory)
 MAX_VISITORS = 100_000  # visitors whose attempts are counted and who may choose a nickname
@@ -68,25 +69,39 @@ class Attempts:
 
 class Nicknames:
     """The names visitors chose for the leaderboard (opt-in: an anonymous visitor is never shown
-    without one). {visitor id: name} in DADC_HOME/nicknames.json."""
+    without one). {visitor id: name} in DADC_HOME/nicknames.json.
 
-    NAME = re.compile(r"[\w .\-]{1,24}")
+    A name is ASCII letters, digits, spaces, dots, dashes and underscores: on a public board every
+    name must read as what it is, and Unicode lets two names look the same (Cyrillic "а" for "a"),
+    or a name look empty (U+3164, an invisible "letter"). No name may pass for another visitor or
+    the studio: names taken by another visitor, usernames and admins (`reserved`, case-insensitive)
+    and the studio's own words are refused. Changes are rate-limited per visitor, and an unchanged
+    name writes nothing: each write is an atomic rewrite of the file (with its fsyncs)."""
+
+    NAME = re.compile(r"[A-Za-z0-9 ._-]{1,24}")
+    OWN_WORDS = ("admin", "administrator", "moderator", "root", "system", "dadc", "studio", "simulate",
+                 "import", "anonymous", "anon")
+    CHANGES = (3, 60.0)  # nickname changes per visitor per seconds
 
     def __init__(self, path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.changes = RateLimit(*self.CHANGES)
         try:
             self._names = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
         except (OSError, ValueError, AttributeError):
             self._names = {}
 
-    def set(self, who, name):
-        """Show `who` as `name` (stripped; empty: not shown any more). A bad name: ValueError, with
-        a message for the visitor."""
-        name = str(name or "").strip()
-        if name and not self.NAME.fullmatch(name):
-            raise ValueError("A nickname is 1-24 letters, digits, spaces, dots, dashes or underscores.")
+    def set(self, who, name, reserved=()):
+        """Show `who` as `name` (spaces collapsed; empty: not shown any more). `reserved`: names no
+        visitor may take (usernames, admins). A refused name: ValueError, with a message for the visitor."""
+        name = " ".join(str(name or "").split())
+        self._check(who, name, reserved)
         with self._lock:
+            if self._names.get(who) == (name or None):
+                return name or None
+            if self.changes.take(who):
+                raise ValueError("Too many nickname changes: try again in a minute.")
             if name:
                 if who not in self._names and len(self._names) >= MAX_VISITORS:
                     raise ValueError("The leaderboard is full.")
@@ -95,6 +110,20 @@ class Nicknames:
                 self._names.pop(who, None)
             files.write_atomic(self.path, json.dumps(self._names))
         return name or None
+
+    def _check(self, who, name, reserved):
+        if not name:
+            return
+        if not self.NAME.fullmatch(name) or not any(c.isalnum() for c in name):
+            raise ValueError("A nickname is 1-24 letters (A-Z), digits, spaces, dots, dashes or underscores.")
+        key = name.casefold()
+        if key in self.OWN_WORDS or key.startswith(("anon-", "import:", "hf:")):
+            raise ValueError(f"{name!r} is a word the studio uses: pick another nickname.")
+        taken = {str(r).casefold() for r in reserved if str(r).casefold() != str(who).casefold()}
+        with self._lock:
+            taken |= {v.casefold() for k, v in self._names.items() if k != who}
+        if key in taken:
+            raise ValueError(f"{name!r} is taken: pick another nickname.")
 
     def all(self):
         with self._lock:
