@@ -348,3 +348,29 @@ def test_migrate_refuses_to_overwrite_a_push_that_landed_meanwhile(tmp_path, fak
     with pytest.raises(HfHubHTTPError, match="412"):
         hub_migrate.migrate(PushMeanwhile(), DATASET, tmp_path / "work")
     assert f"data/{old.replica}/metadata.jsonl" in fake_hub.files(DATASET)  # nothing was deleted
+
+
+@pytest.mark.parametrize("before, extra", [(7, 8), (7, 20), (15, 9), (63, 70), (6, 1)])
+def test_a_merge_whose_record_was_lost_then_many_flags_leave_every_row_once(tmp_path, fake_hub, monkeypatch,
+                                                                            before, extra):
+    """Issue 25, finding 10: a push that merged shards (the MERGE-th of one size class) died after
+    its commit, before its record (pushed.json); then MERGE or more flags came before the next push:
+    a row stayed in two shards forever. Every row must be on the Hub once, whatever came after."""
+    store = FlagStore(tmp_path / "a")
+    sync = sync_for(store)
+    ids = []
+    for _ in range(before):
+        ids.append(flag(store, len(ids)))
+        push(sync)
+    ids.append(flag(store, len(ids)))
+    real = store.hub.record_pushed
+    with monkeypatch.context() as m:  # the commit lands; its record does not (an intent before it may)
+        m.setattr(store.hub, "record_pushed",
+                  lambda repo, marks: real(repo, marks) if "pending" in marks else (_ for _ in ()).throw(OSError))
+        with pytest.raises(Exception):
+            push(sync)
+    ids += [flag(store, len(ids)) for _ in range(extra)]
+    for _ in range(3):
+        push(sync)
+        assert sorted(r["id"] for r in fake_hub.shard_rows(DATASET)) == sorted(ids)
+        ids.append(flag(store, len(ids)))

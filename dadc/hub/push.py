@@ -53,7 +53,7 @@ def push_flags(api, repo_id, store):
     record (store.pushed) says earlier pushes carried; then the record, once the commit worked.
     No record (a first push, or it was lost) means from row 0: this replica's shards already
     on the Hub are then deleted in the same commit, the new ones holding all their rows."""
-    marks = store.hub.pushed(repo_id)
+    marks = _settled(api, repo_id, store, store.hub.pushed(repo_id))
     files_now = store.hub.snapshot()
     if any(files_now[name].size < mark_of(marks, name)["bytes"] for name in ROW_FILES):
         marks = {}  # a row file is shorter than what was pushed of it: not the file we pushed
@@ -75,11 +75,34 @@ def push_flags(api, repo_id, store):
         if not ops:
             return None
         rows = {k: new_marks[k]["rows"] - mark_of(marks, k)["rows"] for k in ROW_FILES}
+        store.hub.record_pushed(repo_id, {**marks, "pending": new_marks})  # the intent, settled if we die
         info = api.create_commit(repo_id=repo_id, repo_type="dataset", operations=ops,
                                  commit_message=f"Replica {store.replica}: {rows[ROWS]} flags, "
                                                 f"{rows[VOTES]} votes")
     store.hub.record_pushed(repo_id, new_marks)
     return info
+
+def _settled(api, repo_id, store, record):
+    """The record of what earlier pushes carried. A record that still holds a push's intent
+    ("pending": that push died, or its commit failed, between intent and record) may be behind the
+    Hub: if the commit landed and merged shards, pushing on from the old record would put rows in
+    two shards. One listing of the repo settles it: this replica's shards on the Hub are those of
+    the intent (it landed), or those of the record (it did not); anything else: from row 0 again."""
+    intent = record.pop("pending", None)
+    if intent is None:
+        return record
+    mine = (f"data/{store.replica}/", f"votes/{store.replica}/")
+    on_hub = {p for p in layout.repo_files(api, repo_id) or [] if p.startswith(mine) and layout.SHARD.fullmatch(p)}
+    for marks in (intent, record):
+        if isinstance(marks, dict) and on_hub == _shard_paths(store, marks):
+            return marks
+    return {}
+
+
+def _shard_paths(store, marks):
+    return {layout.shard_name(kind, store.replica, tier[0])
+            for name, kind in ROW_FILES.items() for tier in mark_of(marks, name)["shards"]}
+
 
 def _size_class(rows):
     return int(math.log(max(rows, 1), MERGE))
