@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from dadc import preprocess
 from dadc.store import keepable
 from dadc.store import FlagStore
 from test_app import huge_png
-from test_cli import assert_one_line_error, dadc
+from test_cli import ROOT, assert_one_line_error, dadc
 
 
 def folder(tmp_path, n=5, name="drawn"):
@@ -192,3 +194,105 @@ def test_import_is_refused_while_an_app_holds_the_home(tmp_path):
     finally:
         os.close(fd)
     assert run(src, home)[0]["imported"] == 2  # once the app is gone
+
+
+def stored_pixels(home):
+    store = FlagStore(home)
+    return {np.asarray(store.image(e)).tobytes() for e in store.examples()}
+
+
+def mnist_of(path):
+    with Image.open(path) as canvas:
+        return preprocess.to_uint8(preprocess.to_mnist(canvas)).tobytes()
+
+
+def test_symlinks_out_of_the_folder_are_bad_rows_and_nothing_behind_them_is_imported(tmp_path):
+    src, home = folder(tmp_path, n=1), tmp_path / "home"
+    outside = drawings.make(tmp_path / "outside", 2, seed=5, families=["thick"])  # drawings of its own
+    os.symlink(outside / "thick-00000.png", src / "link.png")           # a PNG outside the folder
+    os.symlink("../outside/thick-00001.png", src / "relative.png")      # the same, by a relative link
+    os.symlink(outside, src / "linked")                                 # a symlinked folder
+    (src / "sub").mkdir()
+    os.symlink(outside, src / "sub" / "deeper")                         # one below a real folder
+    os.symlink(src / labels(src)[0]["file"], src / "alias.png")         # a symlink is refused even inward
+    add_rows(src, ["link.png", 0], ["relative.png", 1], ["linked/thick-00000.png", 0],
+             ["sub/deeper/thick-00001.png", 1], ["alias.png", 0])
+    out, err = run(src, home)
+    assert (out["imported"], out["duplicates"], out["bad"]) == (2, 0, 5), err
+    lines = [line for line in err.splitlines() if line.startswith("bad row: ")]
+    assert len(lines) == 5, err
+    for words in (["line 4", "'link.png' is not a regular file inside the folder (it is a symlink)"],
+                  ["line 5", "'relative.png' is not a regular file inside the folder (it is a symlink)"],
+                  ["line 6", "not a regular file inside the folder ('linked' in its path is a symlink)"],
+                  ["line 7", "not a regular file inside the folder ('deeper' in its path is a symlink)"],
+                  ["line 8", "'alias.png' is not a regular file inside the folder (it is a symlink)"]):
+        assert any(all(w in line for w in words) for line in lines), (words, lines)
+    assert "bad rows by reason: not a regular file inside the folder 5" in err
+    got = stored_pixels(home)
+    assert got == {mnist_of(src / row["file"]) for row in labels(src)[:2]}
+    assert not got & {mnist_of(p) for p in outside.glob("*.png")}  # nothing from outside reached the store
+
+    named = tmp_path / "named"  # SOURCE itself may be a symlink: the person named it
+    os.symlink(src, named)
+    assert run(named, tmp_path / "home2")[0]["imported"] == 2
+
+
+def test_a_symlinked_labels_csv_or_parquet_shard_refuses_the_whole_import(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src, home = folder(tmp_path, n=1), tmp_path / "home"
+    other = tmp_path / "other"  # real drawings, but labels.csv is a link to another folder's
+    other.mkdir()
+    for row in labels(src):
+        (other / row["file"]).write_bytes((src / row["file"]).read_bytes())
+    os.symlink(src / "labels.csv", other / "labels.csv")
+    r = dadc("import", other, home=home)
+    assert_one_line_error(r, "labels.csv is not a regular file inside the folder (it is a symlink)")
+    assert not home.exists()  # refused before anything was written
+
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 77).save(buf, format="PNG")
+    pq.write_table(pa.Table.from_pylist([dict(image={"bytes": buf.getvalue(), "path": None}, label=1)]),
+                   tmp_path / "elsewhere.parquet")
+    export = tmp_path / "export"
+    (export / "data").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere.parquet", export / "data" / "train.parquet")
+    with pytest.raises(ValueError, match=r"train.parquet is not a regular file inside the folder \(it is a symlink"):
+        importer.run(export, home, err=io.StringIO())
+    assert not home.exists()
+
+
+def import_within(seconds, source, home):
+    """`python -m dadc import SOURCE` as a user runs it, failing the test if it runs past `seconds`."""
+    env = dict(os.environ, DADC_HOME=str(home), PYTHONPATH=str(ROOT))
+    env.pop("DADC_DEBUG", None)
+    try:
+        return subprocess.run([sys.executable, "-m", "dadc", "import", str(source)], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`python -m dadc import {source}` still ran after {seconds} s: it hangs")
+
+
+def test_a_fifo_in_the_folder_is_a_bad_row_and_never_hangs_the_import(tmp_path):
+    src, home = folder(tmp_path, n=1), tmp_path / "home"
+    os.mkfifo(src / "pipe.png")  # no writer will ever come: opening it to read would block for good
+    add_rows(src, ["pipe.png", 3])
+    r = import_within(60, src, home)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["imported"], out["duplicates"], out["bad"]) == (2, 0, 1)
+    assert ("bad row: labels.csv line 4: file 'pipe.png' is not a regular file inside the folder (it is a FIFO)"
+            in r.stderr), r.stderr
+    assert "bad rows by reason: not a regular file inside the folder 1" in r.stderr
+    os.close(files.hold_app(home))  # app.lock is free again
+
+    out, err = run(src, home)  # in this process too: the import ends, and lets go of app.lock
+    assert (out["imported"], out["duplicates"], out["bad"]) == (0, 2, 1)
+    os.close(files.hold_app(home))
+
+    fifo_labels = tmp_path / "fifo-labels"  # labels.csv itself a FIFO: one error line, no hang
+    fifo_labels.mkdir()
+    os.mkfifo(fifo_labels / "labels.csv")
+    r = import_within(60, fifo_labels, tmp_path / "home2")
+    assert_one_line_error(r, "labels.csv is not a regular file inside the folder (it is a FIFO)")

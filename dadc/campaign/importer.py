@@ -10,22 +10,30 @@ SOURCE is one of
   must decode to 28x28), with `label`, and `canvas`, `prediction`, `confidences`, `round` when there.
   Votes and time stamps are not carried over (each imported row is a new flag of this home).
 
-Every row is untrusted input. A row that cannot be imported (missing file, not an image, label not
-0-9, a canvas the preprocessing cannot read or over MAX_INPUT_SIDE px a side, read from its header
-before decoding) is reported on stderr (the first MAX_SHOWN, then a summary by reason) and skipped.
+Every row is untrusted input. A row that cannot be imported (missing file, not a regular file inside
+the folder, not an image, label not 0-9, a canvas the preprocessing cannot read or over
+MAX_INPUT_SIDE px a side, read from its header before decoding) is reported on stderr (the first
+MAX_SHOWN, then a summary by reason) and skipped.
 A row whose 28x28 pixels equal those of an example already in the store, or of an earlier row of
 this import, is a duplicate: skipped and counted. Imported rows get session "import:<source name>",
 prediction -1 unless the export had one, round as the export gives it, else 0.
+
+Every file the import opens under SOURCE (labels.csv, the drawings it names, the shards of an
+export) must be a regular file that lies inside SOURCE: it is opened through its folders one at a
+time from SOURCE, none of them followed when a symlink (open_inside), and refused when it is a
+symlink, a FIFO, a device or a folder. SOURCE itself may be a symlink: the person named it.
 
 The import holds DADC_HOME/app.lock from start to end: it refuses to run beside an app serving the
 same home, and no app starts on the home mid-import. Every row is durable once appended (the store
 fsyncs it), so an interrupted import keeps what it imported; running it again skips those as
 duplicates.
 """
+import errno
 import hashlib
 import io
 import math
 import os
+import stat
 import sys
 import warnings
 from collections import Counter, deque
@@ -48,6 +56,10 @@ MAX_ROUND = 10**6     # as hub_rows: far more rounds than any run makes
 WORKERS = 2           # threads reading and preprocessing rows (PIL and numpy release the GIL)
 APPENDERS = 4         # threads appending to the store (mostly waiting on fsync)
 COLUMNS = ("image", "canvas", "label", "prediction", "confidences", "round")
+OUTSIDE = "not a regular file inside the folder"  # the reason of a file refused by open_inside
+# a file is opened without following a last symlink, and without waiting for a FIFO's writer
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class Bad(ValueError):
@@ -139,20 +151,83 @@ def key(pixels):
 
 def drawing_rows(folder):
     """[(where, file, label text)] of folder/labels.csv, read whole before anything is written."""
-    return [(f"labels.csv line {r['line']}", r.get("file"), r.get("label")) for r in labels.read(folder)]
+    def open_file(name):
+        try:
+            return open_inside(folder, name, f"{folder / name}")
+        except Bad as e:  # not a row: the whole import is refused (one error line)
+            raise ValueError(str(e)) from None
+
+    return [(f"labels.csv line {r['line']}", r.get("file"), r.get("label")) for r in labels.read(folder, open_file)]
+
+
+def _kind(mode):
+    """What a file that is not a regular file is, in words."""
+    for test, what in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _regular(fd, what):
+    """fd, once fstat says it is a regular file; else closed, and Bad."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Bad(OUTSIDE, f"{what} is {OUTSIDE} ({_kind(mode)})")
+    return fd
+
+
+def _step(dir_fd, part, folder, what):
+    """The fd of `part` in the folder dir_fd (lstat-checked, then opened without following a symlink):
+    a folder when `folder`, else a regular file opened for reading (never waiting on a FIFO). Bad when
+    it is anything else."""
+    mode = os.stat(part, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):  # a device or FIFO is never opened
+        where = f"{_quote(part)} in its path is" if folder else "it is"
+        raise Bad(OUTSIDE, f"{what} is {OUTSIDE} ({where} {_kind(mode)})")
+    return os.open(part, DIR_FLAGS if folder else READ_FLAGS, dir_fd=dir_fd)
+
+
+def open_inside(source, name, what):
+    """SOURCE/name opened for reading (a binary file object) when it is a regular file that really lies
+    inside SOURCE: its folders are walked down one at a time from SOURCE (openat), none followed when
+    a symlink, and the file must be a regular file, not a symlink, FIFO, device or folder (checked
+    with lstat before it is opened, and with fstat after, against a swap in between). Bad otherwise:
+    "missing file", OUTSIDE, or "unreadable file". SOURCE itself is followed when a symlink: the
+    person named it, so where it points is what they meant to import."""
+    path = PurePath(name) if isinstance(name, str) and name and "\0" not in name else None
+    if path is None or path.is_absolute() or ".." in path.parts or not path.parts:
+        raise Bad("file outside the folder", f"{what} is not a file inside the folder")
+    fds = []
+    try:
+        fds.append(os.open(source, os.O_RDONLY | os.O_DIRECTORY))
+        for part in path.parts[:-1]:
+            fds.append(_step(fds[-1], part, True, what))
+        fd = _regular(_step(fds[-1], path.parts[-1], False, what), what)
+    except FileNotFoundError:
+        raise Bad("missing file", f"{what} missing") from None
+    except OSError as e:  # ELOOP, ENOTDIR: swapped for a symlink or a file since its lstat
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Bad(OUTSIDE, f"{what} is {OUTSIDE}") from None
+        raise Bad("unreadable file", f"{what}: {e.strerror or type(e).__name__}") from None
+    finally:
+        for d in fds:
+            os.close(d)
+    os.set_blocking(fd, True)  # no effect on a regular file; as an ordinary open() leaves it
+    return os.fdopen(fd, "rb")
 
 
 def read_drawing(folder, name, label):
     """One labels.csv row as a Row, or Bad."""
     label = _int(label, 0, 9, "label")
-    if not name or PurePath(name).is_absolute() or ".." in PurePath(name).parts:
-        raise Bad("file outside the folder", f"file {_quote(name)} is not a file inside the folder")
-    with _open(folder / name, f"file {_quote(name)}") as img:
-        _load(img, f"file {_quote(name)}")
+    what = f"file {_quote(name)}"
+    with open_inside(folder, name, what) as f, _open(f, what) as img:
+        _load(img, what)
         try:
             x = preprocess.to_mnist(img)
         except preprocess.CanvasError as e:
-            raise Bad("unreadable canvas", f"file {_quote(name)}: unreadable canvas: {e}") from None
+            raise Bad("unreadable canvas", f"{what}: unreadable canvas: {e}") from None
         return Row(preprocess.to_uint8(x), label, canvas=keepable(img))  # small: rows in flight stay bounded
 
 
@@ -160,21 +235,47 @@ def read_drawing(folder, name, label):
 
 def parquet_files(source):
     """The .parquet files of SOURCE (itself, or every one under it), each checked to have the
-    columns of an export (image, label) before anything is written."""
+    columns of an export (image, label) before anything is written. A .parquet under SOURCE that is
+    not a regular file inside it (a symlink, a FIFO, one under a symlinked folder) is an error."""
     import pyarrow.parquet as pq
 
-    paths = [source] if source.is_file() else sorted(p for p in source.rglob("*.parquet") if p.is_file())
     out = []
-    for path in paths:
+    for path in _shards(source):
         try:
-            pf = pq.ParquetFile(path)
+            if path == source:  # SOURCE itself, named by the person: followed when a symlink
+                f = os.fdopen(_regular(os.open(source, os.O_RDONLY | os.O_NONBLOCK), str(source)), "rb")
+            else:
+                f = open_inside(source, path.relative_to(source).as_posix(), str(path))
+        except Bad as e:
+            raise ValueError(str(e)) from None
+        except OSError as e:
+            raise ValueError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
+        try:
+            pf = pq.ParquetFile(f)
         except Exception as e:
+            f.close()
             raise ValueError(f"{path} is not a readable parquet file ({type(e).__name__}: {e})") from None
         names = pf.schema_arrow.names
         if not {"image", "label"} <= set(names):
+            f.close()
             raise ValueError(f"{path} has no image and label columns: not an export of `python -m dadc export` "
                              f"(columns: {', '.join(names[:12])})")
         out.append((path, pf, [c for c in COLUMNS if c in names]))
+    return out
+
+
+def _shards(source):
+    """The paths of SOURCE's .parquet files: SOURCE when it is a file, else every name *.parquet under
+    it that is not a folder (rglob does not descend into a symlinked folder)."""
+    if source.is_file():
+        return [source]
+    out = []
+    for path in sorted(source.rglob("*.parquet")):
+        try:
+            if not stat.S_ISDIR(path.lstat().st_mode):
+                out.append(path)
+        except OSError:
+            continue  # gone since it was listed
     return out
 
 
@@ -187,6 +288,7 @@ def parquet_rows(shards, source):
             for row in batch.to_pylist():
                 yield f"{rel} row {n}", row
                 n += 1
+        pf.close(force=True)  # and the file parquet_files opened
 
 
 def _image_bytes(value, what):
@@ -235,7 +337,8 @@ def detect(source):
     source = Path(source)
     if not source.exists():
         raise ValueError(f"SOURCE {source} does not exist")
-    if source.is_dir() and (source / "labels.csv").is_file():
+    if source.is_dir() and os.path.lexists(source / labels.NAME):  # drawing_rows refuses a labels.csv that is
+        # not a regular file (a symlink, a FIFO...) with an error, instead of taking the folder for an export
         return "drawings", drawing_rows(source)
     if (source.is_file() and source.suffix == ".parquet") or source.is_dir():
         shards = parquet_files(source)
