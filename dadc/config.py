@@ -57,9 +57,22 @@ def zero_gpu() -> bool:
     return _flag("SPACES_ZERO_GPU")
 
 
+def in_space() -> bool:
+    """Running inside a Hugging Face Space, as Spaces mark it: SYSTEM=spaces with SPACE_ID. It is
+    what Gradio itself reads (gradio.utils.get_space) to serve its real OAuth login rather than a
+    mocked one; SPACE_ID alone (a Space's settings copied to a laptop) is not a Space."""
+    return os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+
+
 def on_space() -> bool:
-    """Running on a Hugging Face Space with OAuth (hf_oauth: true), so visitors can log in."""
-    return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
+    """In a Hugging Face Space (in_space) with OAuth (hf_oauth: true sets OAUTH_CLIENT_ID), so
+    visitors can log in, for real: anywhere else Gradio would mock the login."""
+    return in_space() and bool(os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def admins() -> frozenset:
+    """DADC_ADMINS: the Hugging Face usernames who are admins (comma-separated), read now."""
+    return frozenset(a.strip() for a in os.environ.get("DADC_ADMINS", "").split(",") if a.strip())
 
 
 def hub_offline() -> bool:
@@ -84,10 +97,11 @@ def from_env() -> Settings:
         flag_limit=_number("DADC_FLAG_LIMIT", 30, int),
         flag_budget=_number("DADC_FLAG_BUDGET", 600, int),
         max_flags=_number("DADC_MAX_FLAGS", 200_000, int),
-        admins=frozenset(a.strip() for a in os.environ.get("DADC_ADMINS", "").split(",") if a.strip()),
+        admins=admins(),
         vote_login=_flag("DADC_VOTE_LOGIN"),
         # a Space's proxy appends the visitor's address to X-Forwarded-For: trust that one entry there
-        proxy_hops=_number("DADC_TRUSTED_PROXY_HOPS", 1 if os.environ.get("SPACE_ID") else 0, int, zero=True),
+        # (only in a real Space: elsewhere the entry is the client's own, a new identity per request)
+        proxy_hops=_number("DADC_TRUSTED_PROXY_HOPS", 1 if in_space() else 0, int, zero=True),
     )
 
 

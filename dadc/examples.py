@@ -2,8 +2,9 @@
 
 An Example is one drawing a person flagged with its true digit; a Vote is another person's
 judgement of that label. The rules: when an example fooled the model, when it is verified or
-disputed, which examples a round may learn from, which are held out (never trained on: the gate
-measures on them, and the export's validation split is the same set), and how rounds are named.
+disputed, which votes are believed, which examples a round may learn from, which are held out (never
+trained on: the gate measures on them, and the export's validation split is the same set), how
+rounds are named, and the two kinds of visitor id (a login's, and those the app derives).
 """
 import hashlib
 import numbers
@@ -43,7 +44,7 @@ class Example:
     confidences: tuple         # its 10 probabilities (all 0 if not recorded)
     round: int                 # the number of the round that served it
     time: str                  # UTC, files.utc_now()
-    visitor: str               # who flagged it (stored as the row's `session`) (an identity, never a secret)
+    visitor: str               # who flagged it (the row's `session`: see account_id) (an identity, never a secret)
     path: Path                 # the 28x28 PNG (white digit on black, as MNIST)
     canvas_path: Path          # the original canvas (the 28x28 itself when none was kept)
     agree: int = 0             # votes of others: one per voter, their latest
@@ -91,7 +92,44 @@ class Vote:
     agree: bool
     time: str
     digit: int | None = None  # with a disagreeing vote: the digit the voter says it is
-    admin: bool = False       # cast by an admin (DADC_ADMINS): decides alone
+    admin: bool = False       # marked as cast by an admin: decides alone while its voter is one (believed)
+
+
+# --- who: the visitor ids in a row's or a vote's `session` -------------------------------------------
+
+def derived(visitor_id: str) -> bool:
+    """Whether a visitor id is one the app derives, not a login's: an anonymous visitor's (the HMAC
+    of an address, "anon-…"), an import's ("import:<source>"), the simulation's ("simulate")."""
+    text = str(visitor_id).lower()
+    return text.startswith(("anon-", "import:")) or text == "simulate"
+
+
+def account_id(username: str) -> str:
+    """The visitor id (the stored `session`) of a Hugging Face login: the username itself, as stores
+    have always kept it, unless it could pass for an id the app derives (derived(), any case) or
+    holds a ":": then "hf:<username>". A login never takes another visitor's id (an account named
+    like an anonymous visitor's public id is not that visitor)."""
+    name = str(username)
+    return f"hf:{name}" if derived(name) or ":" in name else name
+
+
+def is_account(visitor_id: str) -> bool:
+    """Whether a stored visitor id is a login's (the same person wherever the vote was cast), not an
+    id one home derives (an anonymous visitor's HMAC is keyed per home: in another replica the same
+    text is nobody in particular)."""
+    return bool(visitor_id) and not derived(visitor_id)
+
+
+def believed(voter, admin_mark, flagger, same_replica, admins) -> bool:
+    """Whether a stored vote counts at all, as far as its replica and its voter allow (a replica
+    restored from the Hub was written by whoever could write there). `admins`: the account ids of
+    the admins now (DADC_ADMINS). The flagger's own vote (a "no" is a retraction; it never counts
+    as a verdict, marked or not) is believed from the flag's own replica, or from a login. Anyone
+    else's: an admin mark is believed only from an admin now, and a marked vote by anyone else (a
+    forged shard, an admin since removed) counts for nothing."""
+    if voter == flagger:
+        return same_replica or is_account(voter)
+    return not admin_mark or voter in admins
 
 
 def held_out(example_id: str) -> bool:

@@ -224,9 +224,11 @@ def test_trusted_proxy_hops_default_one_on_a_space_only(monkeypatch):
     from dadc import config
 
     monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("SYSTEM", raising=False)
     monkeypatch.delenv("DADC_TRUSTED_PROXY_HOPS", raising=False)
     assert config.from_env().proxy_hops == 0
     monkeypatch.setenv("SPACE_ID", "u/s")
+    monkeypatch.setenv("SYSTEM", "spaces")  # a real Space sets both (issue 25, finding 8)
     assert config.from_env().proxy_hops == 1
     monkeypatch.setenv("DADC_TRUSTED_PROXY_HOPS", "0")
     assert config.from_env().proxy_hops == 0

@@ -248,3 +248,78 @@ def test_text_from_outside_reads_exactly_as_it_was_on_the_page(text):
     shown = md(text)
     assert html.unescape(shown) == text
     assert not set(shown) & set("<>\"'*_[]`\\") and "&" not in shown.replace("&#", "")
+
+
+# --- issue 26, finding 8: Gradio's mocked login is no login ----------------------------------------
+
+class _WhoAmI:
+    """A stand-in for the Hub's /api/whoami-v2 (all Gradio's mocked login asks of the Hub): the
+    token's owner is "tester", the app's only admin."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({"name": "tester", "fullname": "Tester", "avatarUrl": "", "type": "user",
+                                   "orgs": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def plain_login(app):
+    """What a script does: GET /login/huggingface and follow the redirects, keeping the cookies set."""
+    import http.client
+    from urllib.parse import urljoin, urlparse
+
+    url, cookies = app.url + "/login/huggingface", {}
+    for _ in range(4):
+        u = urlparse(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.request("GET", u.path + (f"?{u.query}" if u.query else ""),
+                     headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
+        r = conn.getresponse()
+        r.read()
+        for header in r.headers.get_all("set-cookie") or []:
+            name, _, rest = header.partition("=")
+            cookies[name.strip()] = rest.split(";", 1)[0]
+        conn.close()
+        if r.status not in (301, 302, 303, 307, 308):
+            break
+        url = urljoin(url, r.headers["location"])
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+def test_a_spaces_variables_off_a_space_log_nobody_in_as_the_tokens_owner(round0, tmp_path_factory):  # noqa: F811
+    """Finding 8: SPACE_ID and OAUTH_CLIENT_ID set off a real Space (SYSTEM=spaces is what Spaces
+    set) made the app add its login button; Gradio then mocks the login with the machine's HF token,
+    so a plain GET of /login/huggingface logged an anonymous script in as the token's owner, an
+    admin, who may roll back. Now the app is not on a Space there: no login, no admin."""
+    with _WhoAmI() as hub:
+        a = App(tmp_path_factory.mktemp("mocked-login") / "home", round0, SPACE_ID="tester/dadc",
+                OAUTH_CLIENT_ID="not-a-real-client", HF_TOKEN="hf_fake_write_token", HF_ENDPOINT=hub,
+                HF_HUB_OFFLINE="0", DADC_ADMINS="tester", DADC_THRESHOLD="1000")
+        try:
+            before = rounds_dir(a)
+            cookie = plain_login(a)
+            c = Client(a.url, verbose=False, headers={"Cookie": cookie, "X-Forwarded-For": "203.0.113.60"})
+            with pytest.raises(AppError, match="Only an admin may roll back"):
+                c.predict("round-000", api_name="/rollback")
+            assert rounds_dir(a) == before
+        finally:
+            a.stop()

@@ -226,3 +226,114 @@ def test_a_folder_of_only_bad_rows_adds_nothing_and_never_raises(tmp_path, fake_
     assert sync.restore() == {"examples": 0 if all_bad else 1, "rounds": []}
     assert sync.skipped_rows == 1 and sync.status()["last_error"] is None
     assert store.count() == (0 if all_bad else 1)
+
+
+# --- issue 26, finding 4: votes from the Hub believed only as far as their replica and voter allow ---
+
+def seed_shards(hub, files):
+    """Put parquet shards (and nothing else) straight into the fake Hub's dataset repo, as one commit."""
+    repo = hub.repos.get(("dataset", DATASET)) or Repo(DATASET, "dataset", private=True)
+    head = dict(repo.head[1])
+    repo.commits.append((hashlib.sha1(repr(sorted(files)).encode()).hexdigest(), {**head, **files}))
+    hub.repos[("dataset", DATASET)] = repo
+
+
+def vote_shard(*votes):
+    """One votes/<replica>/*.parquet shard as a push writes it (hub/layout.py's schema)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dadc.hub import layout as hub_layout
+
+    rows = [{"time": "2024-01-02T00:00:00Z", "digit": None, "admin": False, **v} for v in votes]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=hub_layout.VOTE_SCHEMA), buf)
+    return buf.getvalue()
+
+
+def flag_shard(*rows):
+    """One data/<replica>/*.parquet shard: flags with their images inside."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dadc.hub import layout as hub_layout
+
+    records = [hub_layout.flag_record({"label": 3, "prediction": 5, "confidences": [0.1] * 10, "round": 0,
+                                       "time": "2024-01-01T00:00:00Z", **r}, digit(i), digit(i))
+               for i, r in enumerate(rows)]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records, schema=hub_layout.FLAG_SCHEMA), buf)
+    return buf.getvalue()
+
+
+def verdicts(store, votes=2):
+    """(verified, decided, disputed, the admin's verdict, retracted) of each example, in order."""
+    return [(e.verified(votes), e.decided(votes), e.disputed, e.admin, e.retracted) for e in store.examples()]
+
+
+def test_forged_admin_votes_and_retractions_from_the_hub_change_nothing(tmp_path, fake_hub, monkeypatch):
+    """Finding 4: shards in new replica folders held votes on this home's own flags: an admin mark
+    from a session no admin has (DADC_ADMINS: ada) made a verified flag admin-rejected and an open one
+    admin-verified, and a 'no' under an anonymous flagger's id (ids derived by this home, meaningless
+    in another replica) retracted a third. The votes are well-formed, so the restore writes them
+    (the on-disk format is unchanged), but the store believes none of them."""
+    monkeypatch.setenv("DADC_ADMINS", "ada")
+    store = FlagStore(tmp_path / "home")
+    image = Image.open(io.BytesIO(digit(1)))
+    verified, open_, own = (store.append(image, 4, visitor=v) for v in ("anon-0a0a0a0a0a0a", "anon-0b0b0b0b0b0b",
+                                                                        "anon-0c0c0c0c0c0c"))
+    for voter in ("anon-1a1a1a1a1a1a", "anon-1b1b1b1b1b1b"):
+        store.vote(verified, voter, True)
+    before = store.examples()
+    assert verdicts(store) == [(True, True, False, None, False), (False, False, False, None, False),
+                               (False, False, False, None, False)]
+    seed_shards(fake_hub, {
+        "votes/eeee00000001/00000000.parquet": vote_shard(
+            {"id": verified, "session": "mallory", "agree": False, "admin": True}),
+        "votes/eeee00000002/00000000.parquet": vote_shard(
+            {"id": open_, "session": "anon-2a2a2a2a2a2a", "agree": True, "admin": True}),
+        "votes/eeee00000003/00000000.parquet": vote_shard(
+            {"id": own, "session": "anon-0c0c0c0c0c0c", "agree": False})})
+    sync = HubSync(store, DATASET, TOKEN)
+    assert sync.restore() == {"examples": 0, "rounds": []} and sync.skipped_rows == 0
+    assert len(store.votes()) == 2 + 3  # all three came in, as written
+    assert verdicts(store) == [(True, True, False, None, False), (False, False, False, None, False),
+                               (False, False, False, None, False)]
+    assert store.examples() == before  # and changed nothing: no verdict, no count, no retraction
+    assert store.next_to_vote("anon-3a3a3a3a3a3a", 2).id in (open_, own)  # still asked of others
+
+
+def test_votes_from_the_hub_that_are_believed(tmp_path, fake_hub, monkeypatch):
+    """What a restored vote still may do: an admin's mark, while its voter is an admin now; the
+    flagger's 'no' cast in the flag's own replica (as the app writes it), and a logged-in flagger's
+    (a username is the same person in every replica)."""
+    monkeypatch.setenv("DADC_ADMINS", "ada")
+    store = FlagStore(tmp_path / "home")
+    image = Image.open(io.BytesIO(digit(2)))
+    by_ada, by_alice = store.append(image, 4, visitor="anon-0d0d0d0d0d0d"), store.append(image, 5, visitor="alice")
+    anon_flag = hex_id("anon flag")
+    seed_shards(fake_hub, {
+        "data/ffff00000001/00000000.parquet": flag_shard({"id": anon_flag, "session": "anon-0e0e0e0e0e0e"}),
+        "votes/ffff00000001/00000000.parquet": vote_shard(
+            {"id": anon_flag, "session": "anon-0e0e0e0e0e0e", "agree": False},  # its own replica: believed
+            {"id": by_ada, "session": "ada", "agree": True, "admin": True},
+            {"id": by_alice, "session": "alice", "agree": False})})
+    assert HubSync(store, DATASET, TOKEN).restore()["examples"] == 1
+    got = {e.id: e for e in store.examples()}
+    assert got[by_ada].admin is True and got[by_ada].verified(2)
+    assert got[by_alice].retracted and got[anon_flag].retracted
+
+
+def test_an_admin_mark_counts_only_while_its_voter_is_an_admin(tmp_path):
+    """DADC_ADMINS is read now, not when the vote was cast: a former admin's marked vote decides
+    nothing (nor counts as a plain vote: a mark nobody may make voids it)."""
+    home = tmp_path / "home"
+    store = FlagStore(home, admins={"ada"})
+    id_ = store.append(Image.open(io.BytesIO(digit(3))), 4, visitor="anon-0f0f0f0f0f0f")
+    store.vote(id_, "ada", False, admin=True)
+    assert store.find(id_).admin is False and store.find(id_).disputed
+    own = store.append(Image.open(io.BytesIO(digit(4))), 5, visitor="ada")
+    store.vote(own, "ada", False, admin=True)  # an admin retracting their own flag (the app marks it)
+    later = FlagStore(home, admins={"bea"})
+    assert (later.find(id_).admin, later.find(id_).disagree, later.find(id_).disputed) == (None, 0, False)
+    assert later.find(own).retracted  # a retraction is no verdict: it stands

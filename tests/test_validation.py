@@ -110,9 +110,13 @@ def test_an_admin_decides_alone_and_a_space_trains_on_verified_only(tmp_path, ro
     assert studio.store.find(id2).disputed
 
     monkeypatch.delenv("DADC_VERIFIED_ONLY", raising=False)
+    monkeypatch.delenv("SYSTEM", raising=False)
     assert config.RoundConfig.from_env().verified_only is False
     monkeypatch.setenv("SPACE_ID", "u/s")
     monkeypatch.setenv("OAUTH_CLIENT_ID", "x")
+    # issue 26, finding 8: a Space's variables copied elsewhere are no Space; Spaces also set SYSTEM=spaces
+    assert config.RoundConfig.from_env().verified_only is False
+    monkeypatch.setenv("SYSTEM", "spaces")
     assert config.RoundConfig.from_env().verified_only is True
     monkeypatch.setenv("DADC_VERIFIED_ONLY", "0")
     assert config.RoundConfig.from_env().verified_only is False

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import files
-from ..examples import Vote, as_digit
+from .. import config, files
+from ..examples import Vote, account_id, as_digit
 from ..preprocess import to_uint8
 from .index import Index
 from .layout import MAX_SESSION, ROWS, VOTES, card
@@ -94,12 +94,15 @@ def _why(root, e):
 
 class FlagStore:
     """Append-only store of flagged examples under DADC_HOME/flags. Safe for many threads and
-    several processes on one DADC_HOME. readonly=True never writes (e.g. export from a read-only home)."""
+    several processes on one DADC_HOME. readonly=True never writes (e.g. export from a read-only home).
+    admins: the Hugging Face usernames who are admins now (default: DADC_ADMINS, as the app reads
+    it): a vote marked as an admin's is believed only from one of them (examples.believed)."""
 
-    def __init__(self, home, readonly=False):
+    def __init__(self, home, readonly=False, admins=None):
         self.home = Path(home)
         self.root = self.home / "flags"
         self.readonly = readonly
+        self.admins = frozenset(account_id(a) for a in (config.admins() if admins is None else admins))
         self.replica = None
         self._index, self._index_lock = None, threading.Lock()
         self.hub = HubFiles(self)  # what the Hub sync needs of this store
@@ -181,8 +184,9 @@ class FlagStore:
 
     def vote(self, id, visitor, agree, digit=None, admin=False):
         """Record that `visitor` agrees (or not) with the label of flag `id`, and with a disagreeing
-        vote the digit it is (optional); `admin`: cast by an admin. A vote by the flagger against
-        their own example retracts it. Appended, never rewritten: a voter's latest vote counts."""
+        vote the digit it is (optional); `admin`: cast by an admin (it decides while `visitor` is
+        one of self.admins). A vote by the flagger against their own example retracts it. Appended,
+        never rewritten: a voter's latest (believed) vote counts."""
         if self.readonly:
             raise StoreError("the flag store was opened read-only")
         if not isinstance(agree, bool):
@@ -227,13 +231,14 @@ class FlagStore:
         with self._index_lock:
             return len(self._fresh_index().rows)
 
-    def next_to_vote(self, visitor, votes, rng=random):
+    def next_to_vote(self, visitor, votes, rng=random, also=()):
         """An example `visitor` neither flagged nor voted on and not yet decided (Example.decided
-        with `votes`), among those with the fewest votes (a random one of them), or None. Cost
-        bounded by PROBES per vote count, not by the store."""
+        with `votes`), among those with the fewest votes (a random one of them), or None; `also`:
+        the same person's other ids, whose flags are not offered either. Cost bounded by PROBES per
+        vote count, not by the store."""
         with self._index_lock:
             index = self._fresh_index()
-            id_ = index.next_to_vote(visitor, rng, votes)
+            id_ = index.next_to_vote(visitor, rng, votes, also)
             return None if id_ is None else index.example(id_)
 
     def version(self):
@@ -245,9 +250,9 @@ class FlagStore:
         """The in-memory index (rows, votes), caught up with the files (lock held): rows appended
         since, by this process or another, are read from where it stopped, never the whole store."""
         if self._index is None:
-            self._index = Index()
+            self._index = Index(self.admins)
         if not self._index.follow(self.replica_dirs()):
-            self._index = Index()  # a file shrank (a torn tail was cut): read everything again
+            self._index = Index(self.admins)  # a file shrank (a torn tail was cut): read everything again
             self._index.follow(self.replica_dirs())
         return self._index
 

@@ -1,6 +1,6 @@
 """The store's rows and votes in memory, following the files' tails (store/flags.py uses it)."""
 from .. import files
-from ..examples import Example
+from ..examples import Example, believed
 from .layout import FIELDS, ROWS, VOTES
 
 
@@ -8,15 +8,18 @@ class Index:
     """The store's rows and votes in memory, kept up with the files by reading what was appended
     since the last look (their tails): a request costs a stat per file, not a read of the store.
     rows: id -> (row, folder), the first row of an id wins; votes: id -> {voter: agree}, the
-    latest vote of each voter; voted: voter -> ids; by_votes[k]: the ids with k voters."""
+    latest believed vote of each voter (examples.believed: `admins` are the account ids of the
+    admins now; a vote is read with its replica's folder); voted: voter -> ids; by_votes[k]: the
+    ids with k voters."""
 
     PROBES = 64  # random looks into a large group of examples with equal votes before scanning it
 
-    def __init__(self):
+    def __init__(self, admins=frozenset()):
+        self.admins = frozenset(admins)
         self.rows, self.order, self.votes, self.voted = {}, [], {}, {}
         self.by_votes = {0: Bag()}
         self.offset = {}  # file -> bytes read (up to the last whole line)
-        self.pending_votes = []  # votes read before the row they name (another replica's order)
+        self.pending_votes = []  # (vote, its folder) read before the row it names (another replica's order)
 
     def follow(self, folders):
         """Read what was appended to each folder's files; False if a file shrank."""
@@ -36,8 +39,8 @@ class Index:
                 for row in rows:
                     apply(row, d)
         pending, self.pending_votes = self.pending_votes, []
-        for row in pending:
-            self._add_vote(row, None)
+        for row, d in pending:
+            self._add_vote(row, d, wait=False)
         return True
 
     def _add_row(self, row, folder):
@@ -47,12 +50,15 @@ class Index:
             self.votes[row["id"]] = {}
             self.by_votes[0].add(row["id"])
 
-    def _add_vote(self, row, folder):
+    def _add_vote(self, row, folder, wait=True):
         id_, who = row.get("id"), str(row.get("session", ""))
         if id_ not in self.rows:
-            if isinstance(id_, str) and folder is not None:
-                self.pending_votes.append(row)
+            if isinstance(id_, str) and wait:
+                self.pending_votes.append((row, folder))
             return
+        flag, flag_folder = self.rows[id_]
+        if not believed(who, row.get("admin") is True, flag["session"], folder == flag_folder, self.admins):
+            return  # as if never cast: a forged admin mark, another replica's "retraction" of an anonymous flag
         votes = self.votes[id_]
         if who not in votes:  # a new voter: the example moves up a group
             self.by_votes[len(votes)].discard(id_)
@@ -74,11 +80,11 @@ class Index:
                        corrections=tuple(g for a, g, _ in others.values() if not a and g is not None),
                        admin=admin[-1] if admin else None, retracted=own is not None and not own[0])
 
-    def next_to_vote(self, who, rng, votes):
-        voted = self.voted.get(who, ())
+    def next_to_vote(self, who, rng, votes, also=()):
+        voted, own = self.voted.get(who, ()), {who, *also}
 
         def fits(i):
-            return i not in voted and self.rows[i][0]["session"] != who and not self.example(i).decided(votes)
+            return i not in voted and self.rows[i][0]["session"] not in own and not self.example(i).decided(votes)
         for k in sorted(self.by_votes):
             bag = self.by_votes[k]
             for _ in range(self.PROBES if len(bag) > self.PROBES else 0):

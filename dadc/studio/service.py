@@ -16,7 +16,7 @@ from .. import files
 from .. import preprocess
 from ..model.checkpoint import CheckpointError
 from ..config import RoundConfig
-from ..examples import as_digit, eligible, round_number
+from ..examples import account_id, as_digit, eligible, round_number
 from .limits import FlagLimits
 from .visitors import Attempts, Nicknames
 from ..rounds.registry import ROUND0, Predictor, Registry
@@ -32,15 +32,35 @@ class StudioError(Exception):
 
 @dataclass(frozen=True)
 class Visitor:
-    """Who asks. `id` keys the limits, the votes and the store's `session` column: the HF username
-    when logged in, else an id the server derived from the client's address (never one the client
-    chose). A plain string stands for an anonymous visitor with that id."""
+    """Who asks. `id` keys the limits, the votes and the store's `session` column: when logged in,
+    the login's id (examples.account_id: the HF username, or "hf:<username>" for one that could
+    pass for an id the server derives: the two kinds never meet), else the id the server derived
+    from the client's address (never one the client chose). `address_id` is that derived id also
+    when logged in: one browser, one person for self-votes. A plain string stands for an anonymous
+    visitor with that id."""
     id: str
-    username: str | None = None  # set only by a Hugging Face OAuth login
+    username: str | None = None    # set only by a Hugging Face OAuth login (web/ui.identify)
+    address_id: str | None = None  # the id derived from the client's address (anonymous: = id)
+
+    def __post_init__(self):
+        if self.username is not None and self.id != account_id(self.username):
+            raise ValueError(f"a login's id is account_id(username), not {self.id!r}")
+        if self.username is None and self.address_id is None:
+            object.__setattr__(self, "address_id", self.id)
+
+    @classmethod
+    def logged_in(cls, username, address_id=None):
+        return cls(account_id(username), username=username, address_id=address_id)
 
     @property
     def anonymous(self):
         return self.username is None
+
+    @property
+    def ids(self):
+        """Every id this visitor goes by now (the login's and the address's): none may vote on a
+        flag of any of them."""
+        return frozenset(i for i in (self.id, self.address_id) if i)
 
 
 def visitor(who):
@@ -115,7 +135,7 @@ class Studio:
         except files.Busy as e:
             raise files.Busy(f"another app is already running on DADC_HOME {settings.home}: {e}. "
                              "Stop it, or give this one its own DADC_HOME.") from None
-        self.store = FlagStore(settings.home)
+        self.store = FlagStore(settings.home, admins=settings.admins)  # an admin's mark counts only from them
         self.registry = Registry(settings.home, round0)
         self.sync = sync(self.store, self.registry) if sync is not None else None
         self.predictor = Predictor(self.registry)
@@ -125,10 +145,15 @@ class Studio:
                               on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
         self.nicknames = Nicknames(settings.home / "nicknames.json")
-        self.limits = FlagLimits(settings, stored=self.store.count())
+        self.limits = FlagLimits(settings, *self._stored_counts())
         self.restoring = False  # the Hub restore is running (start())
         self._board = dashboard.Parts(dashboard.Counts(self.store, self.cfg), self.cfg, self.registry, self.predictor,
                                       self.job, self.sync, self.attempts, self.nicknames)  # counts shared by all
+
+    def _stored_counts(self):
+        """(examples stored, of them flagged by anonymous visitors): what the limits count from."""
+        rows = self.store.examples()
+        return len(rows), sum(e.visitor.startswith("anon-") for e in rows)
 
     @property
     def serving(self):
@@ -160,7 +185,7 @@ class Studio:
             got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
             if got["rounds"] or self.registry.current() != self.predictor.round:
                 self.predictor.swap(self.registry.current())
-            self.limits.recount(self.store.count())
+            self.limits.recount(*self._stored_counts())
         finally:
             self.restoring = False
             self.job.release()
@@ -191,7 +216,7 @@ class Studio:
             self.attempts.close(visitor_id)
             return str(e), None
         name, p = self.predictor.probs(x)
-        self.attempts.open(visitor_id, round_number(name))
+        self.attempts.open(visitor_id, round_number(name), drawing=hash(preprocess.to_uint8(x).tobytes()))
         return {str(d): float(p[d]) for d in range(10)}, x
 
     # --- flag ---
@@ -213,7 +238,7 @@ class Studio:
             id_ = self.store.append(x, digit, canvas=keepable(preprocess.pick(canvas)), prediction=prediction,
                                     confidences=[float(v) for v in p], round=round_number(name), visitor=who.id)
         except StoreError as e:
-            self.limits.unreserve()
+            self.limits.unreserve(who)
             raise StudioError(str(e)) from None
         self.attempts.close(who.id)
         self._changed()
@@ -227,7 +252,7 @@ class Studio:
     def next_to_vote(self, who):
         """Someone else's example this visitor has not voted on yet and nobody has decided, fewest
         votes first; None if none."""
-        e = self.store.next_to_vote(visitor(who).id, self.cfg.votes)
+        e = self.store.next_to_vote(visitor(who).id, self.cfg.votes, also=visitor(who).ids)  # not one's own flags
         return None if e is None else {"id": e.id, "label": e.label, "canvas": str(e.canvas_path)}
 
     def vote(self, id_, agree, who, digit=None):
@@ -238,7 +263,7 @@ class Studio:
         if self.settings.vote_login and who.anonymous:
             raise StudioError("Log in with Hugging Face to vote.")
         example = example_of(self.store, id_)
-        if example.visitor == who.id:
+        if example.visitor in who.ids:  # flagged anonymously from this browser counts too
             raise StudioError("You cannot verify your own example (you may retract it).")
         check_vote(agree, digit)
         self._cast(example, who, agree, digit)
@@ -251,6 +276,8 @@ class Studio:
         if example.visitor != who.id:
             raise StudioError("Only the person who flagged an example may retract it.")
         self._cast(example, who, False, None)
+        if not self.store.find(id_).retracted:  # an anonymous id of another replica's flag is nobody's here
+            raise StudioError("This example came from another copy of the app: it cannot be retracted here.")
         return {"id": id_, "retracted": True}
 
     def _cast(self, example, who, agree, digit):
@@ -282,8 +309,9 @@ class Studio:
 
     def set_nickname(self, name, who):
         """Opt in to the leaderboard under `name` (empty: opt out)."""
-        try:
-            return {"nickname": self.nicknames.set(visitor(who).id, name)}
+        shown = [w for w in self._board.counts.get()["fooled_by"] if not w.startswith(("anon-", "import:"))]
+        try:  # no nickname may pass for a username on the board or an admin
+            return {"nickname": self.nicknames.set(visitor(who).id, name, reserved=[*shown, *self.settings.admins])}
         except ValueError as e:
             raise StudioError(str(e)) from None
 

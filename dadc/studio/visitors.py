@@ -18,13 +18,22 @@ MAX_VISITORS = 100_000  # visitors whose attempts are counted and who may choose
 class Attempts:
     """Attempts per round and per visitor, for the model error rate: one per drawing a person got a
     prediction for (not one per stroke of live prediction). Kept in memory, saved to DADC_HOME every
-    few seconds. At most MAX_VISITORS visitors are counted (bounded memory; later ones are not)."""
+    few seconds. At most MAX_VISITORS visitors are counted (bounded memory; later ones are not).
+
+    The live prediction is public and unlimited, so a script could alternate a drawing with a blank
+    canvas to add an attempt a request and talk the error rate down. So a drawing counts only when it
+    differs from the visitor's last counted one (`drawing`: a digest of what the model read), and one
+    visitor's attempts count at most PER_HOUR an hour (a person draws a digit in seconds)."""
+
+    PER_HOUR = 300
 
     def __init__(self, path):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._open = {}
         self._saved = 0.0
+        self._last = {}  # visitor -> the digest of their last counted drawing (as _open, bounded)
+        self._hourly = RateLimit(self.PER_HOUR, per=3600.0)
         try:
             saved = json.loads(self.path.read_text())
             saved = saved if "rounds" in saved else {"rounds": saved}  # the earlier format: rounds only
@@ -33,12 +42,17 @@ class Attempts:
         except (OSError, ValueError, AttributeError, TypeError):
             self._counts, self._visitors = Counter(), Counter()
 
-    def open(self, visitor, round_):
+    def open(self, visitor, round_, drawing=None):
         with self._lock:
             if visitor not in self._open:
                 if len(self._open) >= MAX_SESSIONS:
                     self._open.pop(next(iter(self._open)))
                 self._open[visitor] = round_
+                if drawing is not None and self._last.get(visitor) == drawing or self._hourly.take(visitor):
+                    return  # the same drawing again, or more than a person draws: not an attempt
+                if visitor not in self._last and len(self._last) >= MAX_SESSIONS:
+                    self._last.pop(next(iter(self._last)))
+                self._last[visitor] = drawing
                 self._counts[round_] += 1
                 if visitor in self._visitors or len(self._visitors) < MAX_VISITORS:
                     self._visitors[visitor] += 1
