@@ -337,3 +337,65 @@ def test_an_admin_mark_counts_only_while_its_voter_is_an_admin(tmp_path):
     later = FlagStore(home, admins={"bea"})
     assert (later.find(id_).admin, later.find(id_).disagree, later.find(id_).disputed) == (None, 0, False)
     assert later.find(own).retracted  # a retraction is no verdict: it stands
+
+
+# --- issue 25, finding 3: what a restore may bring in is bounded ---------------------------------------------
+
+def _home_bytes(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_few_kb_shard_cannot_fill_the_home(tmp_path, fake_hub):
+    """A 5 KB shard whose 28x28 PNGs carried MiBs after their end wrote 419 MB; a 169 KB shard
+    (dictionary encoding: one image stored once) gave 60,000 rows. Now every image is re-encoded as
+    our own PNG, an image over its byte limit is skipped, and a replica brings rows and bytes in
+    proportion to what was downloaded of it (rows.Budget); all replicas no more than the cap allows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import HfApi
+
+    from dadc.hub import restore as hub_restore
+    from dadc.hub import rows as hub_rows
+    from test_hub_layout import DATASET, TOKEN, digit, png, record, seed
+
+    from dadc.hub.layout import FLAG_SCHEMA
+
+    def packed(records):  # as small as a hostile writer makes it: dictionary encoding, zstd
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(records, schema=FLAG_SCHEMA), buf, use_dictionary=True,
+                       compression="zstd")
+        return buf.getvalue()
+
+    junk = png(digit(1)) + b"\0" * (4 * 2**20)  # zeros after IEND: a few KB once compressed in the shard
+    small_junk = png(digit(2)) + b"\0" * 8000
+    sizes = {"junk": packed([record("junk", image=junk), record("small", image=small_junk)]),
+             "repeated": packed([record(f"r{i}", image=png(digit(3))) for i in range(20_000)])}  # one image
+    seed(fake_hub, {"data/aaaa00000001/00000000.parquet": sizes["junk"],
+                    "data/aaaa00000002/00000000.parquet": sizes["repeated"]})
+    sizes = {k: len(v) for k, v in sizes.items()}
+    assert sizes["junk"] < 50_000 and sizes["repeated"] < 400_000  # small downloads
+    store = FlagStore(tmp_path)
+    before = _home_bytes(tmp_path)
+    filled = hub_restore.restore_flags(HfApi(token=TOKEN), DATASET, store)
+    assert filled.skipped.get(f"image over {hub_rows.MAX_IMAGE_BYTES} bytes") == 1  # the 4 MiB one
+    by_id = {e.id: e for e in store.examples()}
+    small = by_id[hashlib.md5(b"small").hexdigest()]
+    assert small.path.stat().st_size < 1000  # re-encoded: the 8,000 bytes after its end stayed behind
+    most_rows = 2 * hub_rows.ROWS_BASE + (sizes["repeated"] + sizes["junk"]) // hub_rows.BYTES_PER_ROW
+    assert filled.added <= most_rows < 20_000
+    assert filled.skipped.get("over the replica's share (rows, bytes or time for its download's size)", 0) > 0
+    assert _home_bytes(tmp_path) - before < 64 * 2**20  # megabytes, not hundreds of them
+
+
+def test_a_restore_never_fills_the_store_past_its_cap(tmp_path, fake_hub):
+    from huggingface_hub import HfApi
+
+    from dadc.hub import restore as hub_restore
+    from test_hub_layout import DATASET, TOKEN, record, seed, shard
+
+    seed(fake_hub, {"data/bbbb00000001/00000000.parquet": shard([record(f"a{i}") for i in range(30)]),
+                    "data/bbbb00000002/00000000.parquet": shard([record(f"b{i}") for i in range(30)])})
+    store = FlagStore(tmp_path)
+    filled = hub_restore.restore_flags(HfApi(token=TOKEN), DATASET, store, max_flags=40)
+    assert filled.added == 40 == store.count()
+    assert filled.skipped == {"over the store's cap (DADC_MAX_FLAGS)": 20}

@@ -34,7 +34,7 @@ def _convert(folder, tmp, skipped):
 
     def records():
         for row, images in folder.rows(set(), skipped):
-            image, canvas = (images[row[k]].read_bytes() for k in ("file_name", "canvas_file_name"))
+            image, canvas = (images[row[k]] for k in ("file_name", "canvas_file_name"))
             yield layout.flag_record(row, image, canvas)
 
     for group in layout.chunks(records()):

@@ -35,17 +35,19 @@ def _patterns(replica, how):
     return [f"data/{replica}/{f}" for f in ("metadata.jsonl", "votes.jsonl", "images/*.png")]
 
 
-def _source(tmp, replica, how):
-    """What was downloaded for one replica, as hub_rows reads it."""
+def _source(tmp, replica, how, room):
+    """What was downloaded for one replica, as rows.py reads it."""
     if how == "folder":
-        return Folder(tmp / "data" / replica)
-    return Shards(replica, (tmp / "data" / replica).glob("*.parquet"), (tmp / "votes" / replica).glob("*.parquet"))
+        return Folder(tmp / "data" / replica, room)
+    return Shards(replica, (tmp / "data" / replica).glob("*.parquet"), (tmp / "votes" / replica).glob("*.parquet"),
+                  room)
 
 
-def restore_flags(api, repo_id, store):
+def restore_flags(api, repo_id, store, max_flags=None):
     """Fill every replica the store lacks from the dataset repo. Its rows are untrusted: the store
-    checks each one and skips (logs, counts) the bad ones. Returns a store.Filled: examples added
-    and rows skipped by reason."""
+    checks each one and skips (logs, counts) the bad ones; each replica brings at most its share
+    (rows.Budget), all of them together no more than the store's room under `max_flags`. Returns a
+    store.Filled: examples added and rows skipped by reason."""
     paths = layout.repo_files(api, repo_id)
     missing = missing_replicas(paths or [], store)
     if not missing:
@@ -55,7 +57,8 @@ def restore_flags(api, repo_id, store):
         if not _download(api, repo_id, "dataset", patterns, tmp):
             return Filled()
         # all at once: a vote in one replica may name a flag in another
-        return fill_replica(store, *(_source(tmp, r, how) for r, how in missing.items()))
+        room = None if max_flags is None else [max(0, max_flags - store.count())]
+        return fill_replica(store, *(_source(tmp, r, how, room) for r, how in missing.items()))
 
 
 def restore_rounds(api, model_repo, registry, store):

@@ -11,17 +11,25 @@ import math
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 from PIL import Image
 
-from ..store import MAX_SESSION, ROWS, VOTES
+from ..store import MAX_SESSION, ROWS, VOTES, keepable, png_bytes
 
 HEX_ID = re.compile(r"[0-9a-f]{1,64}")  # an id as FlagStore.append makes it (uuid4 hex); it names the row's images
 MAX_CANVAS = 4096    # pixels a side of a restored canvas (the app refuses larger drawings too)
 MAX_TIME = 64        # characters of a restored time stamp (ours are 20)
 MAX_ROUND = 10**6    # far more rounds than any run makes; keeps the export's int64 column safe
-MAX_ROW_GROUP = 512 * 2**20  # bytes a parquet row group may claim (ours: 1,000 rows of <= 256 px canvases)
+MAX_ROW_GROUP = 96 * 2**20  # bytes a parquet row group may claim decoded (ours: at most a 64 MiB shard)
+MAX_IMAGE_BYTES = 16 * 2**10   # a restored 28x28 PNG (ours are under 1 KB)
+MAX_CANVAS_BYTES = 4 * 2**20   # a restored canvas PNG (the app takes no larger upload)
+# What one downloaded replica may bring into the home, in proportion to what was downloaded of it
+# (a parquet shard's dictionary encoding stores a repeated image once: 169 KB made 60,000 rows):
+ROWS_BASE, BYTES_PER_ROW = 1000, 256         # rows: 1,000 + one per 256 bytes downloaded (ours: >= 400 a row)
+WRITE_BASE, WRITE_FACTOR = 64 * 2**20, 16    # bytes written: 64 MiB + 16x the bytes downloaded
+TIME_BASE, TIME_PER_ROW = 60.0, 0.02         # seconds: 60 + 20 ms per row it may bring (ours: ~2 ms)
 
 log = logging.getLogger("dadc.restore")
 
@@ -117,12 +125,10 @@ def _restored_row(line, src, seen):
     if row.get("canvas_file_name") not in (file_name, f"images/{id_}-canvas.png"):
         raise _Skip("bad canvas_file_name", row.get("canvas_file_name"))
     out = {"file_name": file_name, "canvas_file_name": row["canvas_file_name"], **_checked_fields(row, id_)}
-    images = {file_name: _image_file(src, file_name)}
-    if _png_size(images[file_name], 28, "image") != (28, 28):
-        raise _Skip("image not 28x28", file_name)
+    images = {file_name: _image(_image_file(src, file_name), file_name, canvas=False)}
     if out["canvas_file_name"] != file_name:
-        images[out["canvas_file_name"]] = _image_file(src, out["canvas_file_name"])
-        _png_size(images[out["canvas_file_name"]], MAX_CANVAS, "canvas")
+        images[out["canvas_file_name"]] = _image(_image_file(src, out["canvas_file_name"]), out["canvas_file_name"],
+                                                 canvas=True)
     return out, images
 
 
@@ -136,11 +142,25 @@ def _shard_row(row, seen):
     file_name = f"images/{id_}.png"
     canvas_name = file_name if canvas == image else f"images/{id_}-canvas.png"
     out = {"file_name": file_name, "canvas_file_name": canvas_name, **fields}
-    if _png_size(io.BytesIO(image), 28, "image", file_name) != (28, 28):
-        raise _Skip("image not 28x28", file_name)
+    images = {file_name: _image(io.BytesIO(image), file_name, canvas=False)}
     if canvas_name != file_name:
-        _png_size(io.BytesIO(canvas), MAX_CANVAS, "canvas", canvas_name)
-    return out, {file_name: image, canvas_name: canvas}
+        images[canvas_name] = _image(io.BytesIO(canvas), canvas_name, canvas=True)
+    return out, images
+
+
+def _image(src, name, canvas):
+    """A restored image as the store would have written it: its size checked from the header, then
+    decoded and encoded again as our own PNG (what else the file carried, chunks or bytes after its
+    end, stays behind), a canvas kept as the store keeps canvases (keepable: at most 256 px a side)."""
+    most = MAX_CANVAS_BYTES if canvas else MAX_IMAGE_BYTES
+    size = src.getbuffer().nbytes if isinstance(src, io.BytesIO) else os.stat(src).st_size
+    what = "canvas" if canvas else "image"
+    if size > most:
+        raise _Skip(f"{what} over {most} bytes", name)
+    img = _decoded(src, MAX_CANVAS if canvas else 28, what, name)
+    if not canvas and img.size != (28, 28):
+        raise _Skip("image not 28x28", name)
+    return png_bytes(keepable(img) if canvas else img.convert("L"))
 
 
 def _png_bytes(row, key):
@@ -163,17 +183,15 @@ def _image_file(src, name):
     return path
 
 
-def _png_size(src, max_side, what, name=None):
-    """The PNG's (width, height) once all its pixels decoded (src: a file or a BytesIO). The
-    header's size is checked first, so a small file that claims 8000x8000 is refused before a pixel
-    of it is decoded."""
-    name = name or src.name
+def _decoded(src, max_side, what, name):
+    """The PNG decoded (src: a file or a BytesIO), its header's size checked first, so a small file
+    that claims 8000x8000 is refused before a pixel of it is decoded."""
     try:
         with Image.open(src, formats=["PNG"]) as img:
             if max(img.size) > max_side:
                 raise _Skip(f"{what} over {max_side} px", f"{img.size[0]}x{img.size[1]} {name}")
             img.load()
-            return img.size
+            return img.copy() if img.mode in ("RGBA", "RGB", "L", "LA") else img.convert("RGBA")
     except _Skip:
         raise
     except Image.DecompressionBombError:  # PIL's own limit, from the header too
@@ -200,19 +218,43 @@ def _vote(row, known):
             **({"admin": True} if row.get("admin") is True else {})}
 
 
-def _good_rows(items, check, known, skipped):
-    """(canonical row, images) for each good one of `items` ((file, number, item)), in order; the
-    bad ones logged and counted in `skipped`. An id the store (`known`) or an earlier item already
-    has is a duplicate: the first one wins."""
+def _good_rows(items, check, known, skipped, budget):
+    """(canonical row, images) for each good one of `items` ((file, number, item)), in order, while
+    the budget lasts; the bad ones logged and counted in `skipped`. An id the store (`known`) or an
+    earlier item already has is a duplicate: the first one wins."""
     seen = set(known)
     for where, n, item in items:
         try:
             row, images = check(item, seen)
+            budget.take(images)
         except _Skip as e:
             _skip(skipped, where, n, e)
             continue
         seen.add(row["id"])
         yield row, images
+
+
+class Budget:
+    """What one downloaded replica may bring into the home: rows, bytes written and seconds in
+    proportion to the bytes downloaded of it (ROWS_BASE, BYTES_PER_ROW, WRITE_*, TIME_*), and rows
+    while the store has room (`room`: [rows left under DADC_MAX_FLAGS], shared by a restore's
+    replicas; None: no cap). Past any, rows are skipped with the reason, never written."""
+
+    def __init__(self, downloaded, room=None):
+        self.rows = ROWS_BASE + downloaded // BYTES_PER_ROW
+        self.bytes = WRITE_BASE + WRITE_FACTOR * downloaded
+        self.deadline = time.monotonic() + TIME_BASE + TIME_PER_ROW * self.rows
+        self.room = room
+
+    def take(self, images):
+        size = sum(len(data) for data in images.values())
+        if self.rows <= 0 or self.bytes < size or time.monotonic() > self.deadline:
+            raise _Skip("over the replica's share (rows, bytes or time for its download's size)")
+        if self.room is not None and self.room[0] <= 0:
+            raise _Skip("over the store's cap (DADC_MAX_FLAGS)")
+        self.rows, self.bytes = self.rows - 1, self.bytes - size
+        if self.room is not None:
+            self.room[0] -= 1
 
 
 def _good_votes(items, check, skipped):
@@ -226,9 +268,12 @@ def _good_votes(items, check, skipped):
 
 
 def _parquet_rows(path, skipped):
-    """(path, row number, row dict) of each row of a downloaded parquet shard, a batch at a time. A
+    """(path, row number, row dict) of each row of a downloaded parquet shard, a few at a time. A
     shard that is no regular file, claims row groups over MAX_ROW_GROUP bytes or is not readable
-    parquet is skipped (its rows, unread, count once)."""
+    parquet is skipped (its rows, unread, count once); a row whose images are over their byte limits
+    is skipped before its bytes are copied out of the batch (memory stays bounded: a shard's
+    dictionary encoding can repeat one 4 MiB image in every row)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq  # only a restore or a migration reads parquet
 
     try:
@@ -239,30 +284,55 @@ def _parquet_rows(path, skipped):
             if any(meta.row_group(i).total_byte_size > MAX_ROW_GROUP for i in range(meta.num_row_groups)):
                 raise _Skip("shard row group too large", path.name)
             n = 0
-            for batch in f.iter_batches(batch_size=256):
-                for row in batch.to_pylist():
+            for batch in f.iter_batches(batch_size=8):
+                sizes = list(zip(_byte_lengths(batch, "image"), _byte_lengths(batch, "canvas")))
+                small = [i <= MAX_IMAGE_BYTES and c <= MAX_CANVAS_BYTES for i, c in sizes]
+                rows = iter(batch.filter(pa.array(small)).to_pylist())
+                for ok, (i, c) in zip(small, sizes):
                     n += 1
-                    yield path, n, row
+                    if ok:
+                        yield path, n, next(rows)
+                    else:
+                        what, most = ("image", MAX_IMAGE_BYTES) if i > MAX_IMAGE_BYTES else ("canvas", MAX_CANVAS_BYTES)
+                        _skip(skipped, path, n, _Skip(f"{what} over {most} bytes"))
     except _Skip as e:
         _skip(skipped, path, 0, e)
     except Exception as e:  # pyarrow raises many kinds on hostile bytes
         _skip(skipped, path, 0, _Skip("shard unreadable", f"{type(e).__name__} {path.name}"))
 
 
+def _byte_lengths(batch, key):
+    """The length of each row's `key` image bytes ({"bytes", "path"} as `datasets` writes an Image),
+    0 where there is none, read from the batch without copying the bytes out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if key not in batch.schema.names or not pa.types.is_struct(batch.schema.field(key).type) \
+            or batch.schema.field(key).type.get_field_index("bytes") < 0:
+        return [0] * batch.num_rows
+    values = pc.struct_field(batch.column(key), "bytes")
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return [0] * batch.num_rows
+    return pc.fill_null(pc.binary_length(values), 0).to_pylist()
+
+
 class Folder:
     """A downloaded replica folder of the earlier layout: data/<replica>/ with metadata.jsonl,
     votes.jsonl and images/*.png."""
 
-    def __init__(self, path):
+    def __init__(self, path, room=None):
         self.path = Path(path)
         self.name = self.path.name
+        self.room = room  # see Budget
 
     def rows(self, known, skipped):
-        """(canonical row, {image name: downloaded file}) for each good row, in order."""
+        """(canonical row, {image name: PNG bytes}) for each good row, in order."""
         if self.path.is_symlink() or not self.path.is_dir():
             return iter(())
+        downloaded = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and not p.is_symlink())
         items = ((self.path / ROWS, n, line) for n, line in _lines(self.path / ROWS))
-        return _good_rows(items, lambda line, seen: _restored_row(line, self.path, seen), known, skipped)
+        return _good_rows(items, lambda line, seen: _restored_row(line, self.path, seen), known, skipped,
+                          Budget(downloaded, self.room))
 
     def votes(self, known, skipped):
         """The good votes, canonical."""
@@ -274,14 +344,16 @@ class Shards:
     """The downloaded parquet shards of one replica: data/<replica>/*.parquet (flags) and
     votes/<replica>/*.parquet, read in the order they were pushed (their names: first row)."""
 
-    def __init__(self, name, flag_files, vote_files):
+    def __init__(self, name, flag_files, vote_files, room=None):
         self.name = name
         self.flag_files, self.vote_files = sorted(flag_files), sorted(vote_files)
+        self.room = room  # see Budget
 
     def rows(self, known, skipped):
         """(canonical row, {image name: PNG bytes}) for each good row, in order."""
+        downloaded = sum(os.lstat(p).st_size for p in self.flag_files)
         items = (item for path in self.flag_files for item in _parquet_rows(path, skipped))
-        return _good_rows(items, _shard_row, known, skipped)
+        return _good_rows(items, _shard_row, known, skipped, Budget(downloaded, self.room))
 
     def votes(self, known, skipped):
         items = [item for path in self.vote_files for item in _parquet_rows(path, skipped)]

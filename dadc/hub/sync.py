@@ -183,9 +183,10 @@ class HubSync:
     rounds to a model repo. Construct (validates names, no network), restore(), then start()."""
 
     def __init__(self, store, repo_id, token, *, every=5.0, delay=30.0, private=True, model_repo=None,
-                 registry=None):
-        """registry: where restore() brings rounds back to (with model_repo); None restores no rounds."""
-        self.store, self.registry = store, registry
+                 registry=None, max_flags=None):
+        """registry: where restore() brings rounds back to (with model_repo); None restores no rounds.
+        max_flags: the store's cap (DADC_MAX_FLAGS), which a restore does not fill past."""
+        self.store, self.registry, self.max_flags = store, registry, max_flags
         self.repo_id = check_repo_id(repo_id)
         self.model_repo = check_repo_id(model_repo, "DADC_MODEL_REPO") if model_repo else None
         if not token:
@@ -216,7 +217,8 @@ class HubSync:
         if not settings.hub_enabled:
             return None
         return cls(store, settings.dataset_repo, settings.hf_token, every=settings.push_every,
-                   delay=settings.push_delay, model_repo=settings.model_repo, registry=registry)
+                   delay=settings.push_delay, model_repo=settings.model_repo, registry=registry,
+                   max_flags=settings.max_flags)
 
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
@@ -238,7 +240,7 @@ class HubSync:
         skipped on the way add up in self.skipped_rows."""
         out, ok = {"examples": 0, "rounds": []}, True
         try:
-            filled = hub_restore.restore_flags(self.api, self.repo_id, self.store)
+            filled = hub_restore.restore_flags(self.api, self.repo_id, self.store, self.max_flags)
             out["examples"] = filled.added
             self.skipped_rows += filled.skipped_rows
         except Exception as e:

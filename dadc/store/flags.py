@@ -50,7 +50,8 @@ def keepable(img):
     return img.reduce(factor) if factor > 1 else img.copy()  # a box average: fast, keeps thin strokes
 
 
-def _png(img):
+def png_bytes(img):
+    """The PNG the store writes for an image (fast, lossless)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # 2-3x faster than the default, about 1.5x larger
     return buf.getvalue()
@@ -163,7 +164,7 @@ class FlagStore:
             for name, img in ((file_name, image28), (canvas_name, canvas)):
                 if img is None or name in written:
                     continue
-                fds.append(files.place(self.dir / name, _png(img), self.root / "tmp"))
+                fds.append(files.place(self.dir / name, png_bytes(img), self.root / "tmp"))
                 written.append(name)
             fds.append(os.open(self.dir / "images", os.O_RDONLY))
             # the images and their names are durable before a row names them: their fsyncs and the
