@@ -58,20 +58,52 @@ def as_image(value):
     return Image.fromarray(arr)
 
 
-def eight_bit(img):
-    """Images with more than 8 bits per channel as 8-bit 'L'. PIL's own conversion of 16-bit
-    greyscale clips every value above 255 to white (a 16-bit PNG would read as blank), so scale:
-    16-bit modes by their range, 32-bit int images by their largest value (at least 255), float
-    images by 1 when they lie in [0, 1] (else as int)."""
+def _top(img):
+    """The value eight_bit maps to 255, or None for an image of 8 bits a channel: 16-bit modes their
+    range, 32-bit int images their largest value (at least 255), float images 1 when they lie in
+    [0, 1] (else as int)."""
     if img.mode.startswith("I;16"):
-        top = 65535
-    elif img.mode in ("I", "F"):
+        return 65535
+    if img.mode in ("I", "F"):
         high = img.getextrema()[1]
-        top = 1.0 if img.mode == "F" and high <= 1 else max(high, 255)
-    else:
+        return 1.0 if img.mode == "F" and high <= 1 else max(high, 255)
+    return None
+
+
+def eight_bit(img, top=None):
+    """Images with more than 8 bits per channel as 8-bit 'L', scaled so that `top` (default: _top)
+    is 255: PIL's own conversion of 16-bit greyscale clips every value above 255 to white (a 16-bit
+    PNG would read as blank). Other images are returned as they are."""
+    top = _top(img) if top is None else top
+    if top is None:
         return img
-    arr = np.asarray(img, dtype=np.float32)
-    return Image.fromarray(np.clip(arr * (255 / top), 0, 255).round().astype(np.uint8), mode="L")
+    arr = np.array(img, dtype=np.float32)  # a copy (an "F" image reads as a read-only view), then in place
+    arr *= 255 / top
+    np.clip(arr, 0, 255, out=arr)
+    np.round(arr, out=arr)
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
+
+
+BAND = 64  # rows of the reduced image made at a time by bounded() (4096 px RGBA: 4 MiB bands)
+
+
+def bounded(img, side=MAX_SIDE):
+    """eight_bit(img) box-reduced to at most `side` px a side (not reduced if it fits), made band
+    by band: the same pixels as eight_bit and then one reduce(), without their full-size copies (a
+    16-bit image's floats, RGBA's premultiplied copy: 64 MiB each at 4096 px). Modes that cannot be
+    averaged as they are (P, PA, 1, CMYK, ...) become RGBA band by band. Bands start on multiples
+    of the factor, so every box lies in one band."""
+    factor, top = math.ceil(max(img.size) / side), _top(img)
+    if factor <= 1:
+        return eight_bit(img, top)
+    mode = "L" if top is not None else img.mode if img.mode in ("L", "LA", "RGB", "RGBA") else "RGBA"
+    width, height = img.size
+    out = Image.new(mode, (math.ceil(width / factor), math.ceil(height / factor)))
+    for y in range(0, height, BAND * factor):
+        band = img.crop((0, y, width, min(y + BAND * factor, height)))
+        band = eight_bit(band, top) if top is not None else band
+        out.paste(band.convert(mode).reduce(factor), (0, y // factor))
+    return out
 
 
 def pick(value):

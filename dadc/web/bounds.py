@@ -13,8 +13,13 @@ What Gradio 6.31 leaves open (read in its source), and what this module does abo
   client chooses, grows a list to any layer index it is sent (index 10**7: 80 MB of None), and
   frees a set only when an event uses its id. `BoundedBlobs` validates type, id and layer index,
   caps the size of each blob and of all pending blobs, and frees sets not used within a lifetime;
-  at preprocess it refuses too many layers and images over `MAX_SIDE` px a side, reading only
-  their headers, before Gradio decodes them.
+  at preprocess it refuses too many layers, images over `MAX_SIDE` px a side and values whose
+  images hold over `MAX_PIXELS` in all, reading only their headers, before Gradio decodes them.
+- ImageEditor.preprocess decodes every image of a value (background, composite, each layer) to
+  the editor's image_mode, RGBA by default: a 4096x4096 PNG of 60 KB costs 64 MiB in each slot.
+  `BoundedBlobs.images_read` lets an editor say which images its app reads; Gradio is handed only
+  those. The heavy events (those that decode a Sketchpad value) run at most `HEAVY_CONCURRENCY`
+  at a time, sharing `HEAVY` as their concurrency_id (ui.py wires them).
 
 Wiring (build() returns the gr.Blocks; ui.launch() calls demo.queue(...).launch(...)):
 
@@ -43,6 +48,10 @@ MAX_UPLOAD = "4mb"           # launch(max_file_size=...): one uploaded file (Gra
 MAX_BODY = 4 * MB + 64 * 1024  # any request body, any route: one file plus the multipart overhead
 MAX_LAYERS = 4               # layers of one canvas (the page draws on one)
 MAX_SIDE = 4096              # px, either side of any image of a canvas
+MAX_PIXELS = 3 * MAX_SIDE * MAX_SIDE  # all images of one value: what the page sends (background,
+#                              composite, one layer) at the largest side; every slot filled is twice that
+HEAVY = "heavy"              # the concurrency_id of the events that decode a Sketchpad value
+HEAVY_CONCURRENCY = 2        # of them at a time: a Space has 2 vCPUs, more only hold more memory at once
 BLOB_TTL_S = 60.0            # blobs not used by an event within this are freed
 MAX_PENDING_BYTES = 64 * MB  # all blobs waiting for their event, all editors together
 MAX_PENDING_SETS = 256       # ids waiting for their event, all editors together
@@ -191,6 +200,7 @@ class BoundedBlobs:
     blob_ttl_s = BLOB_TTL_S
     max_layers = MAX_LAYERS
     max_side = MAX_SIDE
+    max_pixels = MAX_PIXELS
     max_blob_bytes = MAX_BODY
 
     def get_block_name(self):
@@ -204,8 +214,15 @@ class BoundedBlobs:
             raise gr.Error(f"Nothing done: the {what} is {width}x{height} px; "
                            f"at most {self.max_side} px a side.")
 
-    def _check_image(self, source, what: str) -> None:
-        """check_image_size from the image's header alone: PIL decodes no pixel here."""
+    def images_read(self, background, layers: list, composite):
+        """The images of one value the app reads, as (background, layers, composite), the others
+        None (layers: left out): only these are decoded. Every image was checked (headers) before.
+        Default: all of them, as Gradio does. Override to decode less (components.Canvas)."""
+        return background, layers, composite
+
+    def _check_image(self, source, what: str) -> int:
+        """check_image_size from the image's header alone (PIL decodes no pixel here); returns its
+        pixels."""
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 width, height = im.size
@@ -215,6 +232,20 @@ class BoundedBlobs:
             raise gr.Error(f"Nothing done: the {what} is not an image "
                            "(send a PNG, JPEG or WebP).") from None
         self.check_image_size(width, height, what)
+        return width * height
+
+    def _check_value(self, background, layers, composite) -> None:
+        """Every image of one value by its header (blob bytes or FileData), and their pixels in all."""
+        images = [("background", background), ("composite", composite)]
+        images += [(f"layer {i}", f) for i, f in enumerate(layers or [])]
+        pixels = 0
+        for what, f in images:
+            source = f if isinstance(f, bytes) else getattr(f, "path", None)
+            if source:
+                pixels += self._check_image(source, what)
+        if pixels > self.max_pixels:
+            raise gr.Error(f"Nothing done: the canvas's images hold {pixels / 1e6:.1f} Mpx in all; "
+                           f"at most {self.max_pixels / 1e6:.1f} Mpx.")
 
     @server
     def accept_blobs(self, data):
@@ -258,27 +289,26 @@ class BoundedBlobs:
         _start_sweeper()
 
     def preprocess(self, payload):
-        if payload is not None:
-            if payload.id is not None:
+        if payload is not None and payload.id is not None:
+            with _LOCK:
                 blobs = self.blob_storage.get(payload.id)
-                if blobs is not None:
-                    images = [("background", blobs.background), ("composite", blobs.composite)]
-                    images += [(f"layer {i}", b) for i, b in enumerate(blobs.layers)]
-                    try:
-                        for what, blob in images:
-                            if blob:
-                                self._check_image(blob, what)
-                    except gr.Error:
-                        self.blob_storage.pop(payload.id, None)  # refused: free it now
-                        raise
-            else:
-                if len(payload.layers or []) > self.max_layers:
-                    raise gr.Error(f"Nothing done: at most {self.max_layers} layers.")
-                images = [("background", payload.background), ("composite", payload.composite)]
-                images += [(f"layer {i}", f) for i, f in enumerate(payload.layers or [])]
-                for what, f in images:
-                    if f is not None and f.path:
-                        self._check_image(f.path, what)
+            if blobs is not None:
+                try:
+                    self._check_value(blobs.background, blobs.layers, blobs.composite)
+                except gr.Error:
+                    self.blob_storage.pop(payload.id, None)  # refused: free it now
+                    raise
+                read = self.images_read(blobs.background, list(blobs.layers), blobs.composite)
+                with _LOCK:  # Gradio reads the set by its id, and frees it
+                    self.blob_storage[payload.id] = EditorDataBlobs(
+                        background=read[0], layers=read[1], composite=read[2])
+        elif payload is not None:
+            if len(payload.layers or []) > self.max_layers:
+                raise gr.Error(f"Nothing done: at most {self.max_layers} layers.")
+            self._check_value(payload.background, payload.layers, payload.composite)
+            read = self.images_read(payload.background, list(payload.layers or []), payload.composite)
+            payload = payload.model_copy(update=dict(background=read[0], layers=read[1],
+                                                     composite=read[2]))
         return super().preprocess(payload)
 
 
@@ -290,7 +320,7 @@ class BoundedSketchpad(BoundedBlobs, gr.Sketchpad):
 def bound_editors(demo: gr.Blocks, **bounds) -> list:
     """Check that every ImageEditor/Sketchpad of `demo` is a BoundedBlobs (TypeError naming the
     first that is not: an unbounded editor is an open blob route) and set `bounds` (blob_ttl_s,
-    max_layers, max_side, max_blob_bytes) on each. Returns the editors.
+    max_layers, max_side, max_pixels, max_blob_bytes) on each. Returns the editors.
 
     Why not swap an editor's class at run time: CPython refuses `editor.__class__ = Bounded`
     ("object layout differs": the mixin becomes the new class's layout base), and methods patched
@@ -303,7 +333,7 @@ def bound_editors(demo: gr.Blocks, **bounds) -> list:
                             "blob route: give its class the mixin, "
                             "`class X(bounds.BoundedBlobs, gr.Sketchpad)`")
         for key, value in bounds.items():
-            if key not in ("blob_ttl_s", "max_layers", "max_side", "max_blob_bytes"):
+            if key not in ("blob_ttl_s", "max_layers", "max_side", "max_pixels", "max_blob_bytes"):
                 raise TypeError(f"unknown bound {key!r}")
             setattr(editor, key, value)
     return editors

@@ -54,17 +54,31 @@ def shown(fn):
     return wrapper
 
 
+def real_login():
+    """Whether an OAuth profile Gradio hands a handler comes from the real Hugging Face login.
+    Gradio internal (6.31, gradio/oauth.py attach_oauth): it serves the real OAuth routes only where
+    gradio.utils.get_space() names a Space (SYSTEM=spaces and SPACE_ID); anywhere else it mocks
+    them, and a plain GET of /login/huggingface logs the caller in as the owner of the machine's HF
+    token. So a profile counts only where both we (config.on_space: the login button is shown) and
+    Gradio (its own test, read here) say the login is real."""
+    return config.on_space() and gr.utils.get_space() is not None
+
+
 def identify(settings):
-    """who(request, profile) -> Visitor: the HF username when logged in with OAuth, else an id the
-    server derives from the client's address (identity.client_identity: salted with a per-home secret,
-    X-Forwarded-For trusted only for DADC_TRUSTED_PROXY_HOPS proxies). Never the session hash or
-    anything else the client picks: a new session must not be a new person."""
+    """who(request, profile) -> Visitor: logged in (Visitor.logged_in: the HF username's id) when
+    OAuth gave a profile and the login is real (real_login), else anonymous; either way with the id
+    the server derives from the client's address (identity.client_identity: salted with a per-home
+    secret, X-Forwarded-For trusted only for DADC_TRUSTED_PROXY_HOPS proxies), which a logged-in
+    visitor keeps as `address_id` (their flags from this browser are their own). Never the session
+    hash or anything else the client picks: a new session must not be a new person."""
     secret = identity.home_secret(settings.home / "identity.key")
 
     def who(request, profile=None):
-        if profile is not None and getattr(profile, "username", None):
-            return Visitor(str(profile.username), username=str(profile.username))
-        return Visitor(identity.client_identity(request, secret, settings.proxy_hops))
+        address_id = identity.client_identity(request, secret, settings.proxy_hops)
+        username = getattr(profile, "username", None) if profile is not None else None
+        if username and real_login():
+            return Visitor.logged_in(str(username), address_id)
+        return Visitor(address_id)
     return who
 
 
@@ -255,7 +269,9 @@ def draw_tab(studio, who):
     def predict(canvas_value, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return studio.predict(canvas_value, who(request, profile).id)  # (label value, 28x28)
 
-    submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_limit=None).then(
+    # /predict and /flag decode a Sketchpad value (the light events a 448 px PNG): a few at a time
+    submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_id=bounds.HEAVY,
+                 concurrency_limit=bounds.HEAVY_CONCURRENCY).then(
         seen_image, seen_state, seen, api_visibility="private", show_progress="hidden")
     flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, receipt, feedback,
                 answer=[label, seen, top])
@@ -273,7 +289,8 @@ def flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, r
         counted().add(visitor.id, r)  # page or API: every stored flag counts for its visitor
         return r
 
-    flag_api.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_limit=None)
+    flag_api.click(flag, [canvas, digit], receipt, api_name="flag", concurrency_id=bounds.HEAVY,
+                   concurrency_limit=bounds.HEAVY_CONCURRENCY)  # as /predict: it decodes a Sketchpad value
 
     def flag_drawing(png, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return flag(drawing(png), true_digit, request, profile)
@@ -455,8 +472,9 @@ def admin_events(studio, who, rounds, rollback_btn, retrain_btn, status, timer, 
 
 def launch(demo, **kwargs):
     """Launch with the settings this app needs: requests run concurrently (a default Gradio app
-    runs one event at a time and serialises every user behind the slowest), and every upload
-    route is bounded in size (bounds.install). SIGTERM and SIGINT shut the app down cleanly:
+    runs one event at a time and serialises every user behind the slowest), but for the heavy
+    ones (/predict, /flag: bounds.HEAVY_CONCURRENCY at a time), and every upload route is bounded
+    in size (bounds.install). SIGTERM and SIGINT shut the app down cleanly:
     the final push is made within service.SHUTDOWN_S."""
     if threading.current_thread() is threading.main_thread():
         def shut_down(signum, frame):  # a Space's restart sends SIGTERM; atexit would not run
