@@ -22,6 +22,7 @@ class Settings:
     admins: frozenset = frozenset()  # DADC_ADMINS: HF usernames (OAuth) allowed to roll back and retrain
     vote_login: bool = False         # DADC_VOTE_LOGIN=1: voting needs a login
     proxy_hops: int = 0              # DADC_TRUSTED_PROXY_HOPS: proxies whose X-Forwarded-For entry is trusted
+    session_capacity: int = 1000     # DADC_SESSION_CAPACITY: browser sessions whose page state is kept in memory
 
     @property
     def hub_enabled(self) -> bool:
@@ -102,6 +103,7 @@ def from_env() -> Settings:
         # a Space's proxy appends the visitor's address to X-Forwarded-For: trust that one entry there
         # (only in a real Space: elsewhere the entry is the client's own, a new identity per request)
         proxy_hops=_number("DADC_TRUSTED_PROXY_HOPS", 1 if in_space() else 0, int, zero=True),
+        session_capacity=_number("DADC_SESSION_CAPACITY", 1000, int),
     )
 
 

@@ -483,4 +483,7 @@ def launch(demo, **kwargs):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, shut_down)
     demo.queue(default_concurrency_limit=None, max_size=None)
-    return demo.launch(max_threads=64, **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
+    # Gradio keeps each session's page state in memory (~150 KiB a fresh session, measured), the
+    # latest `state_session_capacity` sessions: 1,000 by default here, not Gradio's 10,000 (1.5 GB)
+    return demo.launch(max_threads=64, state_session_capacity=demo.studio.settings.session_capacity,
+                       **bounds.install(demo), **kwargs)  # bounded uploads (bounds.py)
