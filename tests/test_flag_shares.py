@@ -39,5 +39,7 @@ def test_anonymous_flags_cannot_fill_the_room_kept_for_logged_in_visitors(studio
     with pytest.raises(StudioError, match="collection is full"):
         s.flag(canvas_of(mnist, 10), 1, ada)
     assert s.store.count() == 10
-    assert s._stored_counts() == (10, 8)  # what a restart (or a restore) counts the limits from
+    from dadc.studio.service import stored_counts
+
+    assert stored_counts(s.store) == (10, 8)  # what a restart (or a restore) counts the limits from
     s.stop()

@@ -26,6 +26,12 @@ from ..store import FlagStore, StoreError, keepable
 SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
 
 
+def stored_counts(store):
+    """(examples stored, of them flagged by anonymous visitors): what the flag limits count from."""
+    rows = store.examples()
+    return len(rows), sum(e.visitor.startswith("anon-") for e in rows)
+
+
 class StudioError(Exception):
     """A request that cannot be done, with a message for the person who asked."""
 
@@ -145,15 +151,10 @@ class Studio:
                               on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
         self.nicknames = Nicknames(settings.home / "nicknames.json")
-        self.limits = FlagLimits(settings, *self._stored_counts())
+        self.limits = FlagLimits(settings, *stored_counts(self.store))
         self.restoring = False  # the Hub restore is running (start())
         self._board = dashboard.Parts(dashboard.Counts(self.store, self.cfg), self.cfg, self.registry, self.predictor,
                                       self.job, self.sync, self.attempts, self.nicknames)  # counts shared by all
-
-    def _stored_counts(self):
-        """(examples stored, of them flagged by anonymous visitors): what the limits count from."""
-        rows = self.store.examples()
-        return len(rows), sum(e.visitor.startswith("anon-") for e in rows)
 
     @property
     def serving(self):
@@ -185,7 +186,7 @@ class Studio:
             got = self.sync.restore()  # a Space restarts with an empty disk: flags and rounds come back
             if got["rounds"] or self.registry.current() != self.predictor.round:
                 self.predictor.swap(self.registry.current())
-            self.limits.recount(*self._stored_counts())
+            self.limits.recount(*stored_counts(self.store))
         finally:
             self.restoring = False
             self.job.release()
@@ -314,6 +315,8 @@ class Studio:
             return {"nickname": self.nicknames.set(visitor(who).id, name, reserved=[*shown, *self.settings.admins])}
         except ValueError as e:
             raise StudioError(str(e)) from None
+        except OSError as e:  # a full or read-only DADC_HOME: say so, as a flag does
+            raise StudioError(f"Nothing saved: the nickname could not be written ({e.strerror or e}).") from None
 
     def retrain_now(self, who=None):
         require_admin(self.is_admin(who), "start a retraining round")

@@ -14,7 +14,10 @@ import html
 import json
 import logging
 import math
+import os
+import shutil
 import signal
+import tempfile
 import threading
 import warnings
 
@@ -102,8 +105,21 @@ def md(text):
 
 
 def seen_image(x):
-    """The 28x28 the model saw, enlarged for the page."""
-    return None if x is None else preprocess.to_image(x).resize((112, 112), Image.NEAREST)
+    """The 28x28 the model saw, enlarged for the page; None when Gradio's cache has no room for its
+    copy (a full disk must not turn the prediction itself into an error)."""
+    if x is None or not cache_has_room():
+        return None
+    return preprocess.to_image(x).resize((112, 112), Image.NEAREST)
+
+
+def cache_has_room(least=2**20):
+    """Whether the folder Gradio copies returned images into (GRADIO_TEMP_DIR, which app.py keeps in
+    DADC_HOME; Gradio's default is <tmp>/gradio) has `least` bytes free: one statvfs call."""
+    folder = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
+    try:
+        return shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free >= least
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=512)
