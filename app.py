@@ -13,7 +13,7 @@ config.keep_state_in_home(settings)  # before gradio / huggingface_hub load
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy first: no usage reports unless asked
 os.environ.setdefault("GRADIO_TEMP_DIR", str((settings.home / "gradio-tmp").resolve()))  # before gradio loads
 
-from dadc import files
+from dadc import files  # noqa: E402
 from dadc.web import ui  # noqa: E402
 
 try:
