@@ -3,6 +3,7 @@ and the few facts of where we run (on a Space, on ZeroGPU, offline, debugging). 
 only one in dadc that reads environment variables; the variables are listed in the README and in
 docs/ARCHITECTURE.md."""
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def keep_state_in_home(settings: Settings) -> None:
     unless HF_HOME is set, so that nothing is written outside it. Call before huggingface_hub or
     datasets is imported: they read HF_HOME once, at import."""
     os.environ.setdefault("HF_HOME", str((settings.home / "hf").resolve()))
+
+
+def gradio_cache() -> Path:
+    """The folder Gradio copies returned files into: GRADIO_TEMP_DIR (app.py keeps it in DADC_HOME),
+    else Gradio's default, <tmp>/gradio."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
 def _flag(name):

@@ -14,10 +14,8 @@ import html
 import json
 import logging
 import math
-import os
 import shutil
 import signal
-import tempfile
 import threading
 import warnings
 
@@ -113,11 +111,11 @@ def seen_image(x):
 
 
 def cache_has_room(least=2**20):
-    """Whether the folder Gradio copies returned images into (GRADIO_TEMP_DIR, which app.py keeps in
-    DADC_HOME; Gradio's default is <tmp>/gradio) has `least` bytes free: one statvfs call."""
-    folder = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
+    """Whether the folder Gradio copies returned images into (config.gradio_cache) has `least` bytes
+    free: one statvfs call."""
+    folder = config.gradio_cache()
     try:
-        return shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free >= least
+        return shutil.disk_usage(folder if folder.is_dir() else folder.parent).free >= least
     except OSError:
         return False
 
