@@ -120,7 +120,7 @@ def cache_has_room(least=2**20):
         return False
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)  # canvases are at most 256 px: at most ~16 MiB held
 def stored_image(path):
     """A stored canvas as pixels for the page (read-only). The page is handed the pixels, never the
     store's path: Gradio then serves a copy from its own cache, and no route serves the store's
