@@ -13,7 +13,7 @@
 4. a restart on the same disk (start, 15 s, SIGTERM with its final push): files it uploaded;
 5. a fresh DADC_HOME against the same Hub: seconds from `python app.py` to the first /predict
    answered, and until all N flags are restored;
-6. `python -m dadc retrain` (default RoundConfig) on that store vs on an empty store.
+6. `python -m dadc retrain` (default RoundConfig) on that store vs on a store of 20 flags.
 
 The app runs with DADC_THRESHOLD high (no background round mid-measurement) and the flag limits
 off (one client flags many times); everything else is the default. MNIST's cache comes from
@@ -315,15 +315,17 @@ def main():
         f"all {out['fresh_rows']} restored {out['fresh_restored_s']} s after start")
     app.stop()
 
-    # 6. retrain: with the store vs an empty one (default RoundConfig)
+    # 6. retrain: with the store vs a store of 20 flags (default RoundConfig; an empty store trains nothing)
     if not args.skip_retrain:
-        empty = work / "empty"
-        link_mnist(empty)
-        for name, h in (("empty", empty), ("full", home)):
+        small = work / "small"
+        link_mnist(small)
+        run_cli(["import", str(make_drawings(work / "small-drawings", 20, seed=1))],
+                {**base, "DADC_HOME": str(small), "HF_HUB_OFFLINE": "1"}, "import (small)")
+        for name, h in (("small", small), ("full", home)):
             res, took = run_cli(["retrain"], {**base, "DADC_HOME": str(h), "HF_HUB_OFFLINE": "1"}, f"retrain ({name})")
             out[f"retrain_{name}_s"] = round(took, 1)
             log(f"retrain on the {name} store: {took:.1f} s (passed: {res.get('passed')})")
-        out["retrain_ratio"] = round(out["retrain_full_s"] / out["retrain_empty_s"], 2)
+        out["retrain_ratio"] = round(out["retrain_full_s"] / out["retrain_small_s"], 2)
     hub.stop()
 
     n = f"{total:,}"
@@ -345,8 +347,8 @@ def main():
         ("fresh disk: all flags restored", f"{out['fresh_restored_s']} s after start ({out['fresh_rows']:,} rows)", "-"),
     ]
     if "retrain_ratio" in out:
-        table.append(("python -m dadc retrain: full / empty store",
-                      f"{out['retrain_full_s']} s / {out['retrain_empty_s']} s = {out['retrain_ratio']}x",
+        table.append(("python -m dadc retrain: full / 20-flag store",
+                      f"{out['retrain_full_s']} s / {out['retrain_small_s']} s = {out['retrain_ratio']}x",
                       f"<= 2.5x: {out['retrain_ratio'] <= 2.5}"))
     print(f"| what ({n} flags) | measured | target met |")
     print("|---|---|---|")

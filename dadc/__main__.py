@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval, export, import, migrate, simulate, rollback, retrain} ... (see README).
+"""Command line: python -m dadc {data, train, eval, export, import, migrate, simulate, rollback, retrain} ... (see docs/GUIDE.md).
 
 Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
@@ -50,11 +50,15 @@ def cmd_eval(args, settings):
             print(json.dumps(result))
             return
         print(f"{args.checkpoint} on {args.drawings}, through the app's preprocessing")
-        for group in ("by_family", "by_style"):
+        for group in ("by_family", "by_style") if args.styles else ("by_family",):
             print(f"\n{group[3:]:<20}{'n':>7}{'accuracy':>10}")
             for name, r in res[group].items():
                 print(f"{name:<20}{r['n']:>7}{r['acc']:>10.2%}")
         print(f"\n{'all':<20}{res['all']['n']:>7}{res['all']['acc']:>10.2%}")
+        if not args.styles and len(res["by_style"]) > 1:
+            worst = sorted(res["by_style"].items(), key=lambda kv: kv[1]["acc"])[:3]
+            print(f"{len(res['by_style'])} styles; the weakest: "
+                  + ", ".join(f"{name} {r['acc']:.1%} (n={r['n']})" for name, r in worst) + " (--styles: all)")
         return
     x, y = data.load(settings.home, "test", log=lambda m: print(m, file=sys.stderr))
     x, y = x[:args.n], y[:args.n]
@@ -196,13 +200,14 @@ def cmd_retrain(args, settings):
         usable = eligible(flagged, cfg)
         train_n = sum(not e.held_out for e in usable)
         left_out = f"; {len(flagged) - len(usable)} flagged but not eligible" if len(flagged) > len(usable) else ""
-        if train_n == 0:
-            why = f"all {len(usable)} are held out for the gate" if usable else f"none flagged under {home}"
-            print(f"note: no human examples to train on ({why}{left_out}): this round fine-tunes "
-                  f"{predictor.round} on MNIST alone", file=sys.stderr)
-        else:
-            print(f"retraining {predictor.round} on {train_n} human examples ({len(usable) - train_n} held out "
-                  f"for the gate{left_out}) and {cfg.mnist_n} MNIST examples", file=sys.stderr)
+        if train_n == 0:  # a round on MNIST alone learns nothing from people: run none (as `train --human`)
+            why = (f"all {len(usable)} eligible are held out for the gate" if usable else
+                   f"none of the {len(flagged)} flagged is eligible"
+                   + (" (DADC_VERIFIED_ONLY: verified ones only)" if cfg.verified_only else "") if flagged else
+                   f"nothing flagged under {home}")
+            raise ValueError(f"no human examples to train on ({why}): no round run, {predictor.round} still serves")
+        print(f"retraining {predictor.round} on {train_n} human examples ({len(usable) - train_n} held out "
+              f"for the gate{left_out}) and {cfg.mnist_n} MNIST examples", file=sys.stderr)
         progress = RoundProgress()
         job = RetrainJob(registry, predictor, store, settings.threshold, cfg, on_stage=progress,
                          mnist=lambda: data.fetch(home, log=progress.write))
@@ -211,9 +216,8 @@ def cmd_retrain(args, settings):
         finally:
             progress.close()
     if entry["passed"]:
-        print(f"promoted {entry['round']}. A running app on this home keeps serving {entry['base']}: "
-              f"the app serves {entry['round']} from its next start; or roll back to it from the dashboard",
-              file=sys.stderr)
+        print(f"promoted {entry['round']} (rounds/CURRENT names it). An app already running on this home "
+              f"keeps serving {entry['base']} until it restarts", file=sys.stderr)
     else:
         print("rejected by the gate: " + "; ".join(entry["reasons"]) + f". Still serving {entry['base']}.",
               file=sys.stderr)
@@ -231,6 +235,11 @@ def cmd_simulate(args, settings):
         if args.mnist_canvases:
             simulate.make_drawings(args.drawings, args.make_drawings, settings.home, seed=args.seed)
             what = f"{args.make_drawings} MNIST test digits on canvases"
+        elif args.generator == "pen":  # the second generator, kept out of all tuning
+            from .synth import pen
+
+            pen.make(args.drawings, args.make_drawings, seed=args.seed)
+            what = f"{args.make_drawings} pen-model drawings in all (seed {args.seed})"
         else:
             families = args.families.split(",") if args.families else None
             if args.total:
@@ -249,10 +258,40 @@ def cmd_simulate(args, settings):
     threshold = args.threshold or settings.threshold
     if args.fresh_max < 0:
         raise ValueError("--fresh-max must be >= 0")
-    result = simulate.simulate(args.drawings, args.rounds, settings.home, threshold, args.seed_round or ROUND0,
-                               seed=args.seed, log=lambda m: print(m, file=sys.stderr), fresh_max=args.fresh_max)
+    home = campaign_home(args.home, settings.home)
+    print(f"the campaign's flags and rounds go to {home} (DADC_HOME {settings.home} is only read, for MNIST)",
+          file=sys.stderr)
+    result = simulate.simulate(args.drawings, args.rounds, home, threshold, args.seed_round or ROUND0,
+                               seed=args.seed, log=lambda m: print(m, file=sys.stderr), fresh_max=args.fresh_max,
+                               mnist_home=settings.home)
     print(simulate.summary(result), file=sys.stderr)
-    print(json.dumps(result))
+    print(json.dumps({**result, "home": str(home)}))
+
+
+def campaign_home(given, app_home):
+    """simulate's own home, held (app.lock) for the run: `given` if it is new or empty, else a new
+    folder under DADC_HOME/simulations. Never an app's home: a campaign's flags and rounds would
+    mix with the visitors' and change what the app serves."""
+    from pathlib import Path
+
+    from . import files
+
+    if given is None:
+        home = Path(app_home) / "simulations" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        home = next(h for h in (Path(f"{home}{'-' + str(i) if i else ''}") for i in range(1000)) if not h.exists())
+    else:
+        home = Path(given)
+        if home.resolve() == Path(app_home).resolve():
+            raise ValueError(f"--home {home} is DADC_HOME, an app's home: give simulate a new or empty folder")
+        if home.exists() and (not home.is_dir() or any(home.iterdir())):
+            raise ValueError(f"--home {home} is not an empty folder: simulate needs a home of its own, "
+                             f"new or empty, so that it never writes into an app's flags or rounds")
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        files.hold_app(home)  # no app starts on the campaign's home while it runs
+    except files.Busy:
+        raise ValueError(f"--home {home} is in use by another process") from None
+    return home
 
 
 def simulate_arguments(p):
@@ -265,6 +304,10 @@ def simulate_arguments(p):
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the drawings made, of the split into flagged / unseen halves and of fresh drawings")
     p.add_argument("--seed-round", default=None, help="round-0 checkpoint dir (default models/round-000)")
+    p.add_argument("--home", default=None,
+                   help="the campaign's own home (its flags and rounds): a new or empty folder, never an app's "
+                        "DADC_HOME (refused); default a new folder DADC_HOME/simulations/<UTC time>. DADC_HOME "
+                        "is only read, for its MNIST cache")
     p.add_argument("--make-drawings", type=int, default=0, metavar="N",
                    help="first write N style-varied mouse-like drawings per family (dadc.synth.drawings) into --drawings")
     p.add_argument("--total", action="store_true",
@@ -276,6 +319,10 @@ def simulate_arguments(p):
                         f"(drawings.make campaigns only; default {FRESH_MAX}; 0: stop when the pool runs dry)")
     p.add_argument("--mnist-canvases", action="store_true",
                    help="with --make-drawings: N MNIST test digits pasted on canvases instead")
+    p.add_argument("--generator", choices=("drawings", "pen"), default="drawings",
+                   help="with --make-drawings: dadc.synth.drawings (default), or dadc.synth.pen: N pen-model "
+                        "drawings in all, a generator kept out of all tuning (docs/SIMULATE.md)")
+
     p.set_defaults(run=cmd_simulate)
 
 
@@ -344,18 +391,21 @@ def train_arguments(t):
 
 def eval_arguments(e):
     """`eval`'s flags: the checkpoint, the attack and its budget, or a folder of drawings instead."""
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--n", type=int, default=10000, help="first n test examples")
-    e.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd")
-    e.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    e.add_argument("--eps", type=float, default=0.3)
-    e.add_argument("--steps", type=int, default=40)
+    e.add_argument("--checkpoint", required=True, help="a checkpoint directory (model.safetensors, config.json)")
+    e.add_argument("--n", type=int, default=10000, help="the first N MNIST test examples (default 10000: all)")
+    e.add_argument("--attack", choices=["pgd", "autoattack"], default="pgd", help="default pgd")
+    e.add_argument("--norm", choices=["linf", "l2"], default="linf", help="default linf")
+    e.add_argument("--eps", type=float, default=0.3, help="the attack's budget (default 0.3)")
+    e.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     e.add_argument("--alpha", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
-    e.add_argument("--restarts", type=int, default=1)
+    e.add_argument("--restarts", type=int, default=1, help="PGD restarts; per example the one that fools "
+                                                           "the model counts (default 1)")
     e.add_argument("--aa-attacks", help="AutoAttack's attacks, e.g. apgd-ce,apgd-t (default: the standard "
                                         "version: apgd-ce,apgd-t,fab-t,square)")
     e.add_argument("--drawings", help="instead of MNIST: a folder of canvases with labels.csv (file,label"
                                       "[,family,style]), read through the app's preprocessing")
+    e.add_argument("--styles", action="store_true", help="with --drawings: a line per style too (default: "
+                                                          "per family, then the three weakest styles)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(run=cmd_eval)
 

@@ -1,6 +1,6 @@
 """Settings read from the environment: the app's (Settings), a retraining round's (RoundConfig),
 and the few facts of where we run (on a Space, on ZeroGPU, offline, debugging). This module is the
-only one in dadc that reads environment variables; the variables are listed in the README and in
+only one in dadc that reads environment variables; the variables are listed in docs/GUIDE.md and in
 docs/ARCHITECTURE.md."""
 import os
 import tempfile
@@ -123,9 +123,14 @@ class RoundConfig:
     eps: float = 0.3
     lr: float = 1e-4            # peak of the one-cycle schedule: a gentle fine-tune of round-000 (1e-3 lost
                                 # 0.1-0.2 pt of clean accuracy a round in `simulate`)
-    human_repeat: int = 4       # each human example is seen this many times per round (10 cost clean accuracy
-                                # as the human examples grew)
-    human_weight: float = 1.0
+    human_share: float = 0.05   # the human examples' families make this fraction of a round's training examples
+                                # (share / (1 - share) * mnist_n of them, spread over the examples). Measured on
+                                # drawings.py campaigns (docs/SIMULATE.md): 0.1 learns more but cost 0.2-0.24 pt
+                                # of MNIST test clean accuracy at 30-60 flags; 0.05 cost 0.1-0.16 pt
+    family_max: int = 32        # at most this many members in one example's family (the drawing + jittered ones)
+    jitter: float = 1.0         # strength of a family's jitter (synth/jitter.py: 1 = up to 15 deg, shear 0.3, ...)
+    human_repeat: int = 1       # each family member is seen this many times per round (families replace repeats)
+    human_weight: float = 1.0   # loss weight of a human example's family member relative to an MNIST one
     val_n: int = 10000          # gate: the last this many MNIST train examples, never in a round's sample
     eval_n: int = 10000         # reported, never gated on: clean accuracy on this many MNIST test examples
     robust_n: int = 1000        # PGD accuracy on the first this many (validation slice and test set)

@@ -323,14 +323,22 @@ def test_dashboard_counts_rates_rounds_and_gallery(tmp_path, round0, mnist, monk
     fooled = sum(r["fooled"] for r in receipts)
     mer = {row["kind"]: row["rate"] for row in d["mer"] if row["round"] == 0}
     assert mer["MER (fooled / attempts)"] == pytest.approx(fooled / 4)
-    assert {row["round"] for row in d["accuracy"]} == {1}  # round 1's gate metrics (round 0's tiny one has none)
+    # one protocol for every round, the gate's: round 0's from the reference round 1 was gated against
+    assert {row["round"] for row in d["accuracy"]} == {0, 1} and "gate's protocol" in d["protocol"]
+    round1 = studio.registry.metrics("round-001")
+    reference = round1["reference"]
+    assert d["history"][0][4:6] == [f"{round1['val_clean_acc']:.2%}", f"{round1['val_robust_acc']:.2%}"]
+    assert {row["metric"]: row["accuracy"] for row in d["accuracy"] if row["round"] == 0} == {
+        "clean": reference["val_clean_acc"], f"PGD-{studio.cfg.robust_steps}, ε {studio.cfg.eps:g}": reference["val_robust_acc"]}
     assert d["serving"] == "round-001" and d["rounds"] == ["round-000", "round-001"]
     assert "promoted round-001" in d["history"][0][2] and "Serving round-001" in d["status"]
     assert len(d["gallery"]) == fooled and all(Path(p).exists() for p, _ in d["gallery"])
     demo = ui.build(None, studio=studio)  # the page's own dashboard event turns it into Gradio values
     fn = next(f.fn for f in demo.fns.values() if f.name == "show_dashboard")
-    status, per_digit, mer_df, acc_df, gallery, history, *_ = fn().values()
-    assert len(per_digit) == 20 and len(acc_df) == len(d["accuracy"]) >= 2 and len(history) == 1
+    shown = dict(zip(ui.dashboard_values(d), fn().values()))  # by part name, in dashboard_values' order
+    assert len(shown["per_digit"]) == 20 and len(shown["history"].value["data"]) == 1
+    assert len(shown["acc"].value["data"]) == len(d["accuracy"]) >= 4 and shown["acc"].visible
+    assert shown["gallery"].count("<img") == fooled
     # an admin's rollback swaps the served round at once; anyone else's is refused
     from dadc.studio.service import StudioError, Visitor
 

@@ -8,6 +8,7 @@ import re
 import time
 
 import numpy as np
+import pytest
 
 from dadc import files
 from dadc.rounds.registry import Registry
@@ -56,7 +57,8 @@ def test_retrain_promotes_a_round_recorded_like_an_app_round(tmp_path, round0):
     for stage in ("loading data", "training", "gate"):
         assert stage in r.stderr
     assert re.search(r"\b(\d+)/\1\b", r.stderr)  # training steps done/total
-    assert "the app serves round-001 from its next start; or roll back to it from the dashboard" in r.stderr
+    assert "promoted round-001 (rounds/CURRENT names it)" in r.stderr and "until it restarts" in r.stderr
+    assert "dashboard" not in r.stderr  # a local user has no admin login to roll back from the page
     assert "Traceback" not in r.stderr
     # the lock is released, and an app (re)starting on this home does not retrain those 6 examples
     with files.try_locked(home / "rounds" / TRAIN_LOCK) as held:
@@ -66,18 +68,32 @@ def test_retrain_promotes_a_round_recorded_like_an_app_round(tmp_path, round0):
     assert job.pending() == (0, 3)
 
 
-def test_a_rejected_round_is_a_result_not_an_error_even_with_no_human_examples(tmp_path, round0):
-    home = home_with_flags(tmp_path, round0, 0)
+def test_a_rejected_round_is_a_result_not_an_error(tmp_path, round0):
+    home = home_with_flags(tmp_path, round0, 6)
     r = cli("retrain", home=home, DADC_ROUND_CLEAN_DROP="-1")  # would need 100 pt more clean accuracy
     assert r.returncode == 0, r.stderr
     out = last_json(r)
     assert out["round"] is None and out["passed"] is False and out["serving"] == "round-000"
     assert out["reasons"] and "clean accuracy" in out["reasons"][0]
-    assert "no human examples" in r.stderr and "MNIST alone" in r.stderr  # said plainly
     assert "rejected by the gate" in r.stderr
     [a] = attempts(Registry(home))
-    assert a["claimed"] == 0 and not a["passed"] and a["reasons"] == out["reasons"]
+    assert a["claimed"] == 6 and not a["passed"] and a["reasons"] == out["reasons"]
     assert Registry(home).names() == ["round-000"] and Registry(home).current() == "round-000"
+
+
+@pytest.mark.parametrize("flags, env, why", [(0, {}, "nothing flagged under"),
+                                              (3, {"DADC_VERIFIED_ONLY": "1"}, "none of the 3 flagged is eligible")])
+def test_no_human_examples_to_train_on_runs_no_round_and_says_so(tmp_path, round0, flags, env, why):
+    home = home_with_flags(tmp_path, round0, flags)
+    history = home / "rounds" / "history.jsonl"
+    before = history.read_bytes() if history.exists() else b""
+    r = cli("retrain", home=home, **LOOSE, **env)  # a gate any candidate passes: still no round
+    assert r.returncode == 1 and r.stdout == ""
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: no human examples to train on") and why in line
+    assert line.endswith("no round run, round-000 still serves")
+    assert Registry(home).names() == ["round-000"] and Registry(home).current() == "round-000"
+    assert (history.read_bytes() if history.exists() else b"") == before  # no attempt recorded, nothing claimed
 
 
 def test_a_held_lock_means_one_error_line_and_nothing_recorded(tmp_path, round0):
@@ -102,6 +118,9 @@ def test_bad_input_is_one_error_line(tmp_path, round0):
     # no MNIST cache and no way to get it: the Hub offline, the package registry out of reach
     home = tmp_path / "no-mnist"
     Registry(home, round0)
+    for i in range(5):  # something to train on (1 in 10 is held out): MNIST is what is missing
+        FlagStore(home).append(np.random.default_rng(i).random((28, 28), dtype=np.float32), i, prediction=0,
+                               round=0, visitor=f"s{i}")
     (tmp_path / "no-wheels").mkdir()
     r = cli("retrain", home=home, HF_HUB_OFFLINE="1", PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull,
             PIP_FIND_LINKS=str(tmp_path / "no-wheels"))

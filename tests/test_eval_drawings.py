@@ -36,7 +36,12 @@ def test_eval_drawings_per_family_and_style(folder, tmp_path):
     assert out["acc"] > 0.8  # round-000 reads most drawings
     text = dadc("eval", "--checkpoint", ROUND0, "--drawings", folder, home=tmp_path)
     style = f"{rows[0]['label']}/{rows[0]['style']}"
-    assert text.returncode == 0 and "offcentre_small" in text.stdout and style in text.stdout
+    assert text.returncode == 0 and "offcentre_small" in text.stdout  # a line per family
+    lines = text.stdout.splitlines()
+    assert len(lines) <= len(out["by_family"]) + 8 and "weakest" in lines[-1] and "--styles" in lines[-1]
+    every = dadc("eval", "--checkpoint", ROUND0, "--drawings", folder, "--styles", home=tmp_path)
+    assert every.returncode == 0 and style in every.stdout
+    assert len(every.stdout.splitlines()) >= len(out["by_family"]) + len(out["by_style"])
 
 
 def test_labels_without_family_columns_and_a_missing_folder(folder, tmp_path):

@@ -135,6 +135,10 @@ def test_threshold_starts_one_round_that_is_promoted_and_swapped_in(loop):
     m = registry.metrics("round-001")
     assert 0 <= m["robust_acc"] <= m["clean_acc"] <= 1
     assert m["counts"]["human examples"] + m["counts"]["human held out"] == 3
+    # each human example is learnt as its family: the drawing plus jittered redrawings (synth/jitter.py)
+    from dadc.rounds.retrain import family_size
+    n = m["counts"]["human examples"]
+    assert m["counts"]["human family members"] == n * family_size(n, job.cfg) > n
 
 
 _REAL = []  # the unpatched training call, for the forked child (a function pickles by its name)

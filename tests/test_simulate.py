@@ -39,7 +39,11 @@ def test_rows_and_the_matrix(tmp_path, round0, monkeypatch):
     assert [r["serving"] for r in rows] == ["round-000", "round-001", "round-002"]
     assert [r["flagged"] for r in rows] == [0, 4, 8]
     assert set(rows[0]) == {"round", "serving", "unseen_error", "mnist_test_acc", "robust_acc", "human_acc",
-                            "human_n", "flagged"}
+                            "human_n", "flagged", "flags_used"}
+    assert [r["flags_used"] for r in rows] == [0, 4, 8]  # the flags each serving round learnt from
+    # sample efficiency: the fool rate once 10 / 20 / 50 flags were made; this campaign made only 8
+    assert result["efficiency"] == {"0": rows[0]["unseen_error"], "10": None, "20": None, "50": None}
+    assert result["pool_dry"] is False
     for r in rows[1:]:
         assert r["passed"] is True and r["reasons"] == [] and r["seconds"] > 0
         assert r["notes"] and "human hold-out not compared" in r["notes"][0]  # fewer than 10 held out
@@ -142,6 +146,28 @@ def test_a_campaign_that_runs_dry_says_so_and_stops(tmp_path, round0):
     assert result["stopped"].startswith("round 1: the pool ran dry: only ") and "threshold 6" in result["stopped"]
     assert "(0 of them fresh)" in result["stopped"] and result["fresh_drawn"] == 0
     assert result["stopped"] in simulate.summary(result)
+    assert result["pool_dry"] is True  # reported as such, not an error
+    assert "the pool ran dry at 0 flags" in simulate.summary(result)
+
+
+def row(r, flagged, err, passed=True, used=None):
+    return {"round": r, "serving": f"round-{r:03d}", "unseen_error": err, "flagged": flagged,
+            "flags_used": flagged if used is None else used, "passed": passed, "mnist_test_acc": 0.99,
+            "robust_acc": 0.95, "human_acc": None, "human_n": 0}
+
+
+def test_sample_efficiency_is_the_fool_rate_once_10_20_50_flags_were_made_and_learnt():
+    rows = [row(0, 0, 0.04), row(1, 10, 0.03), row(2, 20, 0.025, passed=False, used=10), row(3, 30, 0.02),
+            row(4, 40, 0.018), row(5, 50, 0.015), row(6, 60, 0.014)]
+    # a rejected round leaves the serving round's rate: what 20 flags bought is what round 2 serves
+    assert simulate.efficiency(rows) == {"0": 0.04, "10": 0.03, "20": 0.025, "50": 0.015}
+    assert simulate.efficiency(rows[:4]) == {"0": 0.04, "10": 0.03, "20": 0.025, "50": None}
+    assert simulate.efficiency(rows, at=(5, 15)) == {"0": 0.04, "5": 0.03, "15": 0.025}
+    result = {"rounds": rows[:4], "matrix": {}, "stopped": "round 4: the pool ran dry: ...", "pool_dry": True,
+              "efficiency": simulate.efficiency(rows[:4])}
+    text = simulate.summary(result)
+    assert "unseen fool rate after 0 / 10 / 20 / 50 flags: 4.00% / 3.00% / 2.50% / - " in text
+    assert "(- : the pool ran dry at 30 flags)" in text
 
 
 def test_make_drawings_in_all(tmp_path):

@@ -18,13 +18,17 @@ the pool ran dry and stops.
 
 Reported per round (one JSON row each): the serving round, the fool rate on the unseen half,
 MNIST test clean accuracy (all 10,000) and PGD accuracy (`robust_acc`: the first robust_n, the
-gate's seed and steps), accuracy on the human examples held out of every round, the drawings tried
-for the round's flags (`tried`, of them `fresh_drawn` fresh, which gave `fresh_flagged` flags), and
-the attempt's verdict, reasons, notes and seconds. At the end, the matrix: for every served round r
-and every earlier one k, r's accuracy on the held-out flagged drawings that fooled k.
+gate's seed and steps), accuracy on the human examples held out of every round, the flags made so
+far (`flagged`) and those the serving round learnt from (`flags_used`), the drawings tried for the
+round's flags (`tried`, of them `fresh_drawn` fresh, which gave `fresh_flagged` flags), and the
+attempt's verdict, reasons, notes and seconds. At the end, the matrix: for every served round r and
+every earlier one k, r's accuracy on the held-out flagged drawings that fooled k; and the sample
+efficiency (`efficiency`): the unseen fool rate once 10, 20 and 50 flags were made and a round run on
+them, None where the pool ran dry first (`pool_dry`: a result, not an error).
 
 `--make-drawings N` first writes N style-varied mouse-like drawings per family (synth/drawings.py), or N
-in all with `--total`; with `--mnist-canvases`, N MNIST test digits pasted on canvases instead.
+in all with `--total`; with `--mnist-canvases`, N MNIST test digits pasted on canvases instead; with
+`--generator pen`, N in all from synth/pen.py (a generator kept out of all tuning: docs/SIMULATE.md).
 """
 import itertools
 import json
@@ -115,11 +119,12 @@ def error_rate(predictor, drawings):
 FRESH_MAX = 5000  # fresh drawings the simulated people try at most for one round
 
 
-def simulate(drawings_dir, rounds, home, threshold, round0, cfg=None, seed=0, log=print, fresh_max=FRESH_MAX):
+def simulate(drawings_dir, rounds, home, threshold, round0, cfg=None, seed=0, log=print, fresh_max=FRESH_MAX,
+             mnist_home=None):
     """Run up to `rounds` DADC rounds on the drawings. Returns {"rounds": one dict per round (round 0
     first), "matrix": {served round: its matrix row (gate.matrix_row) over the rounds served before},
     "fresh_drawn": fresh drawings made in all, "stopped": why the run ended early, or None}."""
-    run = _Campaign(drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max)
+    run = _Campaign(drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max, mnist_home or home)
     rows, stopped = [run.report(0)], None
     for r in range(1, rounds + 1):
         name = run.predictor.round
@@ -135,14 +140,29 @@ def simulate(drawings_dir, rounds, home, threshold, round0, cfg=None, seed=0, lo
         rows.append(run.report(r, attempt, {"tried": tried + fresh, "fresh_drawn": fresh, "fresh_flagged": fresh_new}))
         log(f"round {r}: {'promoted ' + attempt['round'] if attempt['passed'] else 'rejected'} "
             f"in {time.perf_counter() - start:.0f} s")
-    return {"rounds": rows, "matrix": run.matrix(rows), "fresh_drawn": run.fresh_total, "stopped": stopped}
+    return {"rounds": rows, "matrix": run.matrix(rows), "fresh_drawn": run.fresh_total, "stopped": stopped,
+            "pool_dry": stopped is not None, "efficiency": efficiency(rows)}
+
+
+EFFICIENCY_AT = (10, 20, 50)  # flags after which the unseen fool rate is reported (sample efficiency)
+
+
+def efficiency(rows, at=EFFICIENCY_AT):
+    """Sample efficiency: {"10": the unseen fool rate of the round served once 10 flags were made
+    and a round was run on them (promoted or not: a rejected round leaves the serving one's rate),
+    ...}; None where the campaign never got that many flags (the pool ran dry first). "0" is
+    round-000's."""
+    out = {"0": rows[0]["unseen_error"]}
+    for k in at:
+        out[str(k)] = next((row["unseen_error"] for row in rows[1:] if row["flagged"] >= k), None)
+    return out
 
 
 class _Campaign:
     """One simulate() run on a home: the campaign split into the pool and the unseen half, the
     home's registry, store and RetrainJob (the app's), and what was flagged so far."""
 
-    def __init__(self, drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max):
+    def __init__(self, drawings_dir, home, threshold, round0, cfg, seed, log, fresh_max, mnist_home):
         from ..config import RoundConfig
         from ..model import mnist as data
         from ..rounds.registry import Predictor, Registry
@@ -159,7 +179,7 @@ class _Campaign:
         self.pool = [campaign[i] for i in order[:half]]
         self.unseen = [campaign[i] for i in order[half:]]
         self.unseen_pixels = {pixels(x) for x, _, _ in self.unseen}
-        arrays = data.fetch(home, log=lambda m: log(m))
+        arrays = data.fetch(mnist_home, log=lambda m: log(m))  # read only: the campaign's home holds no copy
         self.test = data.tensors(arrays, "test")
         self.registry = Registry(home, round0)
         self.predictor = Predictor(self.registry)
@@ -168,6 +188,7 @@ class _Campaign:
         self.flagged = set()  # indices of the pool drawings flagged
         self.mnist = {}       # round name -> its MNIST test numbers
         self.flags, self.fresh_total = 0, 0
+        self.used = {self.predictor.round: 0}  # round name -> the flags made before it was trained
 
     def flag_round(self, r, name):
         """Round r's flagging on the serving round `name`: the pool's drawings not yet flagged in turn,
@@ -229,6 +250,10 @@ class _Campaign:
             row.update(tries)
         if attempt:
             row.update({k: attempt.get(k) for k in ("passed", "reasons", "notes", "seconds")})
+            if attempt.get("passed"):
+                self.used[attempt["round"]] = self.flags
+        # the flags the serving round learnt from (a rejected round leaves the serving one's)
+        row["flags_used"] = self.used.get(name, 0)
         self.log(json.dumps(row))
         return row
 
@@ -256,16 +281,19 @@ def summary(result):
         return "-" if v is None else f"{v:6.2%}"
 
     lines = [f"{'round':>5}  {'serving':<9}  {'result':<8}  {'unseen err':>10}  {'MNIST':>7}  {'PGD':>7}  "
-             f"{'human':>7}  {'held':>4}  {'flagged':>7}  {'tried':>5}  {'fresh':>5}  {'s':>5}  why"]
+             f"{'human':>7}  {'held':>4}  {'flagged':>7}  {'used':>5}  {'tried':>5}  {'fresh':>5}  {'s':>5}  why"]
     for row in result["rounds"]:
         verdict = "-" if "passed" not in row else "promoted" if row["passed"] else "rejected"
         why = "; ".join((row.get("reasons") or []) + (row.get("notes") or []))
         lines.append(f"{row['round']:>5}  {row['serving']:<9}  {verdict:<8}  {pct(row['unseen_error']):>10}  "
                      f"{pct(row['mnist_test_acc']):>7}  {pct(row['robust_acc']):>7}  {pct(row['human_acc']):>7}  "
-                     f"{row['human_n']:>4}  {row['flagged']:>7}  {row.get('tried', ''):>5}  "
+                     f"{row['human_n']:>4}  {row['flagged']:>7}  {row.get('flags_used', ''):>5}  "
+                     f"{row.get('tried', ''):>5}  "
                      f"{row.get('fresh_drawn', ''):>5}  {row.get('seconds') or '':>5}  {why}".rstrip())
     if result.get("stopped"):
         lines.append(result["stopped"])
+    if "efficiency" in result:
+        lines.append(efficiency_line(result))
     matrix = result["matrix"]
     cols = list(matrix)[:-1]
     if cols:
@@ -275,6 +303,16 @@ def summary(result):
         for r, row in matrix.items():
             lines.append(f"{r:<10}" + "".join(f"{pct(row[c]['acc']) if c in row else '':>18}" for c in cols))
     return "\n".join(lines)
+
+
+def efficiency_line(result):
+    """'unseen fool rate after 0 / 10 / 20 / 50 flags: 3.43% / ... ' (with why a number is missing)."""
+    eff = result["efficiency"]
+    rates = " / ".join("-" if v is None else f"{v:.2%}" for v in eff.values())
+    line = f"unseen fool rate after {' / '.join(eff)} flags: {rates}"
+    if result.get("pool_dry") and None in eff.values():
+        line += f" (- : the pool ran dry at {result['rounds'][-1]['flagged']} flags)"
+    return line
 
 
 def make_total(out, n, seed, families=None):

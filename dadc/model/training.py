@@ -96,7 +96,7 @@ RECIPES = {
     # last quarter, EMA weights and a fifth of each batch through the canvas (MNIST digits redrawn, and
     # mouse-drawn and font digits), then the metrics the issue asks for. Measured against training
     # from scratch with the same options for 20 epochs (clean 98.6 %, PGD-40 95.5 %, AutoAttack 92.2 %):
-    # the fine-tune of v1 kept clean accuracy near v1's and reached AutoAttack 93.0 % (README).
+    # the fine-tune of v1 kept clean accuracy near v1's and reached AutoAttack 93.0 % (docs/MODEL.md).
     "round0": dict(net="fast", epochs=4, lr=1e-3, warmup=0.2, loss="trades", beta=6.0, steps=10, steps_late=20,
                    late=0.25, eps=0.3, eps_ramp=0.0, ema=0.999, augment=0.2, augment_n=10000, augment_drawings=400,
                    eval_n=10000, eval_aa_n=1000, eval_drawings_n=200),

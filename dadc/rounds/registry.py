@@ -18,6 +18,7 @@ import torch
 from ..model import checkpoint
 from .. import files
 from ..examples import ROUND_NAME, round_name, round_number
+from .gate import REFERENCE
 
 ROUND0 = Path(__file__).resolve().parents[2] / "models" / "round-000"  # the shipped round-000
 ROUND_FILES = ("model.safetensors", "config.json", "metrics.json")  # never a pickle
@@ -71,6 +72,29 @@ class Registry:
             return json.loads((self.path(name) / "metrics.json").read_text())
         except (OSError, ValueError):
             return {}
+
+    def gate_metrics(self):
+        """(settings, {round name: (clean, PGD)}): each round's accuracy as the gate measures it
+        (gate.measure: the MNIST validation slice; its `settings` are gate.reference_settings), one
+        protocol for every round: the one the newest promoted round was gated with (before any, the
+        newest attempt's). Round-000 is never gated: its numbers are the reference the gate measured
+        it by (kept in each later round's metrics and in the history). A round measured under other
+        settings is left out. (None, {}) before any gate ran."""
+        promoted = [(n, self.metrics(n)) for n in self.names() if n != REFERENCE]
+        refs = [m["reference"] for _, m in promoted if isinstance(m.get("reference"), dict)]
+        tried = [h["reference"] for h in self.history() if isinstance(h.get("reference"), dict)]
+        if not refs + tried:
+            return None, {}
+        settings = (refs or tried)[-1].get("settings")
+        out = {}
+        for ref in refs + tried:  # any of them: the same measurement of the same round-000
+            if ref.get("settings") == settings:
+                out[REFERENCE] = (ref.get("val_clean_acc"), ref.get("val_robust_acc"))
+        for name, m in promoted:
+            if isinstance(m.get("reference"), dict) and m["reference"].get("settings") == settings:
+                out[name] = (m.get("val_clean_acc"), m.get("val_robust_acc"))
+        return settings, {n: v for n, v in sorted(out.items(), key=lambda kv: round_number(kv[0]))
+                          if all(isinstance(x, (int, float)) for x in v)}
 
     def has_trained(self):
         """True once this home has rounds besides round-000 (its own lineage)."""

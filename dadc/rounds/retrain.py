@@ -1,7 +1,8 @@
 """RetrainJob: the background retraining round. Once `threshold` new eligible examples have come
-in, one thread fine-tunes round-000 on an MNIST sample plus the human examples with PGD
-adversarial training, gates it (gate.py: MNIST floors fixed by round-000 on a validation slice,
-human hold-out no worse than the serving round), and, if it passes, saves it as the next round
+in, one thread fine-tunes round-000 on an MNIST sample plus the human examples (each as a small
+family: the drawing and jittered redrawings of it, synth/jitter.py) with PGD adversarial training,
+gates it (gate.py: MNIST floors fixed by round-000 on a validation slice, human hold-out no worse
+than the serving round), and, if it passes, saves it as the next round
 (Registry.promote) and swaps it into the Predictor. Every attempt, passed or not, is recorded in
 the history with its reasons. Requests never wait for it.
 
@@ -91,9 +92,30 @@ def round_data(arrays, store, registry, cfg, attempt):
     hold_rows = sample([e for e in usable if e.held_out], cfg.human_max, cfg.seed + attempt)
     sets = {"val": (x[n:], y[n:]), "test": (xt[:cfg.eval_n], yt[:cfg.eval_n]),
             "holdout": store.tensors(hold_rows)}
+    human = human_families(*store.tensors(train_rows), cfg, cfg.seed + attempt)
     counts = {"mnist examples": len(idx), "human examples": len(train_rows), "human held out": len(hold_rows),
-              "human eligible": len(usable)}
-    return x[idx], y[idx], store.tensors(train_rows), sets, counts, hold_rows
+              "human eligible": len(usable), "human family members": len(human[0])}
+    return x[idx], y[idx], human, sets, counts, hold_rows
+
+
+def family_size(n, cfg):
+    """Members of each of n human examples' families: the round's human share (cfg.human_share of
+    its training examples) spread over them, at least 1 (the drawing itself), at most cfg.family_max.
+    Few flags get big families (each flag stands for a way of drawing that fooled the model); many
+    flags get small ones, so a round's cost does not grow with the store."""
+    if not 0 <= cfg.human_share < 1 or cfg.family_max < 1:
+        raise ValueError(f"human_share must be in [0, 1) and family_max >= 1, "
+                         f"got {cfg.human_share} and {cfg.family_max}")
+    want = cfg.human_share / (1 - cfg.human_share) * cfg.mnist_n
+    return int(min(cfg.family_max, max(1, round(want / max(n, 1)))))
+
+
+def human_families(hx, hy, cfg, seed):
+    """The round's human examples, each as its family (synth/jitter.families: the drawing, then
+    jittered redrawings through the app's preprocessing), seeded by the round."""
+    from ..synth import jitter
+
+    return jitter.families(hx, hy, family_size(len(hx), cfg), seed, cfg.jitter)
 
 
 def train_candidate(registry, net, x, y, human, cfg, attempt, progress=None):

@@ -8,45 +8,55 @@ from dataclasses import dataclass
 
 from ..config import RoundConfig
 from ..examples import eligible, round_number
+from ..rounds.gate import REFERENCE
 from ..rounds.registry import Predictor, Registry
 from ..rounds.retrain import RetrainJob
 from ..store import FlagStore
 from .visitors import Attempts, Nicknames
 
 
-REFRESH_S = 3.0  # the counts over all examples are recomputed at most this often, for all visitors
+REFRESH_S = 1.0  # the counts over all examples are recomputed at most this often, for all visitors
+WAIT_S = 2.0     # how long a request waits for counts that include the latest change
 
 
 class Counts:
     """The counts over every example (per digit, fooled per round, the gallery...): computed once
-    for all visitors, again only when the store changed and at most every REFRESH_S seconds, and
-    then in the background while visitors get the last value: a request never scans the store
-    (but the very first)."""
+    for all visitors, in the background, again only when the store changed and at most every
+    REFRESH_S seconds. A request that finds them older than the store waits (up to WAIT_S) for
+    the scan that catches up: a visitor who flags and opens the dashboard sees their flag counted,
+    and a flood of flags still costs one scan a REFRESH_S, however many visitors look."""
 
     def __init__(self, store: FlagStore, cfg: RoundConfig):
         self.store, self.cfg = store, cfg
         self._lock = threading.Lock()
-        self._value, self._version, self._at, self._busy = None, None, 0.0, False
+        self._value, self._version, self._at = None, None, 0.0
+        self._scan = None  # the background scan under way (a Thread), or None
 
     def get(self):
         version = self.store.version()
         with self._lock:
-            if self._value is not None:
-                stale = version != self._version and time.monotonic() - self._at >= REFRESH_S
-                if stale and not self._busy:
-                    self._busy = True
-                    threading.Thread(target=self._compute, args=(version,), name="dashboard", daemon=True).start()
+            if self._value is not None and version == self._version:
                 return self._value
-        return self._compute(version)
+            first = self._value is None
+            if self._scan is None:
+                self._scan = threading.Thread(target=self._compute, name="dashboard", daemon=True)
+                self._scan.start()
+            scan = self._scan
+        scan.join(None if first else WAIT_S)  # the very first is waited for, however long
+        if self._value is None:  # the scan failed: its traceback is in the log
+            raise RuntimeError("the dashboard's counts could not be computed")
+        return self._value
 
-    def _compute(self, version):
+    def _compute(self):
         try:
+            time.sleep(max(0.0, self._at + REFRESH_S - time.monotonic()))  # at most one scan a REFRESH_S
+            version = self.store.version()  # read before the scan: a change during it makes the next one
             value = _count(self.store, self.cfg)
             with self._lock:
                 self._value, self._version, self._at = value, version, time.monotonic()
-            return value
         finally:
-            self._busy = False
+            with self._lock:
+                self._scan = None
 
 
 @dataclass(frozen=True)
@@ -125,29 +135,51 @@ def numbers(parts, admin, restoring=False):
     c = parts.counts.get()
     attempts = parts.attempts.counts()
     names = parts.registry.names()
-    mer, acc = [], []
+    mer = []
     for name in names:
         n = round_number(name)
         if attempts.get(n):
             mer.append({"round": n, "kind": "MER (fooled / attempts)", "rate": c["fooled"][n] / attempts[n]})
             mer.append({"round": n, "kind": "verified MER", "rate": c["fooled_verified"][n] / attempts[n]})
-        m = parts.registry.metrics(name)
-        for key, label in (("clean_acc", "clean"), ("robust_acc", "PGD robust"), ("human_acc", "human hold-out")):
-            if isinstance(m.get(key), (int, float)):
-                acc.append({"round": n, "metric": label, "accuracy": m[key]})
+    acc, protocol = accuracy(parts.registry)
     return {"status": _status(parts, c["collected"], c["usable"], admin, restoring),
             "digits": [{"digit": str(d), "kind": k, "examples": c["per_digit"][(d, k)]}
                        for d in range(10) for k in ("collected", "verified")],
-            "mer": mer, "accuracy": acc, "history": _history(parts.registry, admin), "gallery": c["gallery"],
-            "leaders": leaderboard(c, parts.nicknames, parts.attempts), "matrix": matrix(parts.registry),
-            "rounds": names, "serving": parts.predictor.round, "running": parts.job.running, "admin": admin}
+            "mer": mer, "accuracy": acc, "protocol": protocol, "history": _history(parts.registry, admin),
+            "gallery": c["gallery"], "leaders": leaderboard(c, parts.nicknames, parts.attempts),
+            "matrix": matrix(parts.registry), "rounds": names, "serving": parts.predictor.round,
+            "running": parts.job.running, "admin": admin}
+
+
+def accuracy(registry):
+    """(plot rows {"round", "metric", "accuracy"}, the protocol in words): clean and PGD accuracy
+    per round, every round measured the same way (a series that mixed protocols would make rounds
+    look less robust than round-000 only for being attacked differently). The gate's protocol
+    (registry.gate_metrics) once a gate ran; before that, round-000's own evaluation."""
+    settings, measured = registry.gate_metrics()
+    if isinstance(settings, dict) and {"robust_steps", "eps", "val_n", "robust_n"} <= settings.keys():
+        pgd = f"PGD-{settings['robust_steps']}, ε {settings['eps']:g}"
+        where = (f"The gate's protocol for every round: MNIST's validation slice (the last {settings['val_n']:,} "
+                 f"training images), {pgd} on its first {settings['robust_n']:,}.")
+        return [{"round": round_number(n), "metric": label, "accuracy": v} for n, pair in measured.items()
+                for label, v in zip(("clean", pgd), pair)], where
+    m = registry.metrics(REFERENCE)
+    e = m.get("eval") or {}
+    numbers_ = [m.get("clean_acc"), m.get("robust_acc"), e.get("n"), e.get("steps"), e.get("eps")]
+    if not all(isinstance(v, (int, float)) for v in numbers_):
+        return [], "No round has been measured yet."
+    pgd = f"PGD-{e['steps']}, ε {e['eps']:g}"
+    where = (f"{REFERENCE}'s own evaluation: the first {e['n']:,} MNIST test images, {pgd}; every round "
+             "is shown with the gate's protocol once a gate has run.")
+    return [{"round": 0, "metric": "clean", "accuracy": m["clean_acc"]},
+            {"round": 0, "metric": pgd, "accuracy": m["robust_acc"]}], where
 
 
 def _status(parts, collected, usable, admin, restoring):
     job, sync = parts.job, parts.sync
     new, more = job.pending()
     st = job.status
-    lines = [f"Serving {parts.predictor.round} · {collected} examples collected "
+    lines = [f"Serving {parts.predictor.round} · {collected} example{'s' * (collected != 1)} collected "
              f"({usable} usable{' — verified only' if parts.cfg.verified_only else ''}) · "
              f"{new} new, {more} more start the next round (threshold {job.threshold})"]
     if st.state == "running":
@@ -172,7 +204,9 @@ def _status(parts, collected, usable, admin, restoring):
 
 
 def _history(registry, admin):
-    """Every attempt and rollback, newest first, as table rows (a failure's text for admins only)."""
+    """Every attempt and rollback, newest first, as table rows (a failure's text for admins only).
+    The accuracies are the candidate's on the gate's validation slice: what its reasons speak of,
+    and what the accuracy plot shows for every round."""
     out = []
     for h in reversed(registry.history()):
         if h.get("event") == "attempt":
@@ -182,7 +216,7 @@ def _history(registry, admin):
             out.append([h["time"], f"attempt {h.get('attempt', '?')} on {h.get('base', '?')}",
                         f"promoted {h['round']}" if h.get("passed") else "rejected",
                         "; ".join(reasons) or "passed the gate",
-                        _pct(c.get("clean_acc")), _pct(c.get("robust_acc")), h.get("seconds")])
+                        _pct(c.get("val_clean_acc")), _pct(c.get("val_robust_acc")), h.get("seconds")])
         elif h.get("event") == "rollback":
             out.append([h["time"], "rollback", f"{h['from']} -> {h['to']}", h.get("why", ""), "", "", ""])
     return out

@@ -118,16 +118,17 @@ def require_admin(admin, what):
 
 
 def receipt(job, cfg, name, digit, prediction, confidence):
-    """The flag's receipt text: what round `name` said, and when the next round comes."""
+    """The flag's receipt text: what round `name` said, and when the next round comes. A flag the
+    model got right is kept too (a visitor may flag a drawing it was unsure of, and a round learns
+    from it as from any other): the receipt says so, and the page offers to take it back."""
     _, more = job.pending()
-    if job.running:
-        after = "a new round is training now"
-    else:
-        after = f"{more} more {'verified ' if cfg.verified_only else ''}until the next round"
+    verified = "verified " if cfg.verified_only else ""
+    after = "A new round is training now." if job.running else f"{more} more {verified}until the next round."
     r = round_number(name)
-    head = (f"You fooled round {r}: it said {prediction}" if prediction != digit
-            else f"Saved: round {r} said {prediction} ({confidence:.0%} sure)")
-    return f"{head}. {after}."
+    if prediction != digit:
+        return f"You fooled round {r}: it said {prediction}. {after}"
+    return (f"Saved: round {r} said {prediction} ({confidence:.0%} sure), as you did. It is kept as a drawing the "
+            f"model reads right and counts toward the next round{' once verified' * cfg.verified_only}. {after}")
 
 
 class Studio:

@@ -32,6 +32,7 @@ Wiring (build() returns the gr.Blocks; ui.launch() calls demo.queue(...).launch(
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 import weakref
@@ -56,6 +57,17 @@ BLOB_TTL_S = 60.0            # blobs not used by an event within this are freed
 MAX_PENDING_BYTES = 64 * MB  # all blobs waiting for their event, all editors together
 MAX_PENDING_SETS = 256       # ids waiting for their event, all editors together
 MAX_ID_LEN = 64              # the browser sends ~11 characters
+
+log = logging.getLogger("dadc.web")
+
+
+def refused(message: str) -> gr.Error:
+    """The gr.Error for a request the app refuses (a visitor's mistake, bad input): shown to the
+    caller as it is, and one line in the log at most (INFO). Gradio prints the traceback of every
+    gr.Error unless it is made with print_exception=False (its documented switch, gr.Error's
+    parameter): a refusal is not a fault of the server, and a traceback per mistake buries the real ones."""
+    log.info("refused: %s", message)
+    return gr.Error(message, print_exception=False)
 
 
 # --- bodies ---------------------------------------------------------------------------------------
@@ -211,7 +223,7 @@ class BoundedBlobs:
     def check_image_size(self, width: int, height: int, what: str) -> None:
         """Raise gr.Error for an image too large to decode. Override to change the rule."""
         if width > self.max_side or height > self.max_side:
-            raise gr.Error(f"Nothing done: the {what} is {width}x{height} px; "
+            raise refused(f"Nothing done: the {what} is {width}x{height} px; "
                            f"at most {self.max_side} px a side.")
 
     def images_read(self, background, layers: list, composite):
@@ -229,7 +241,7 @@ class BoundedBlobs:
         except Image.DecompressionBombError:  # PIL's own guard, past 2x its 89 Mpx limit
             width = height = 1 << 20
         except Exception:
-            raise gr.Error(f"Nothing done: the {what} is not an image "
+            raise refused(f"Nothing done: the {what} is not an image "
                            "(send a PNG, JPEG or WebP).") from None
         self.check_image_size(width, height, what)
         return width * height
@@ -244,7 +256,7 @@ class BoundedBlobs:
             if source:
                 pixels += self._check_image(source, what)
         if pixels > self.max_pixels:
-            raise gr.Error(f"Nothing done: the canvas's images hold {pixels / 1e6:.1f} Mpx in all; "
+            raise refused(f"Nothing done: the canvas's images hold {pixels / 1e6:.1f} Mpx in all; "
                            f"at most {self.max_pixels / 1e6:.1f} Mpx.")
 
     @server
@@ -304,7 +316,7 @@ class BoundedBlobs:
                         background=read[0], layers=read[1], composite=read[2])
         elif payload is not None:
             if len(payload.layers or []) > self.max_layers:
-                raise gr.Error(f"Nothing done: at most {self.max_layers} layers.")
+                raise refused(f"Nothing done: at most {self.max_layers} layers.")
             self._check_value(payload.background, payload.layers, payload.composite)
             read = self.images_read(payload.background, list(payload.layers or []), payload.composite)
             payload = payload.model_copy(update=dict(background=read[0], layers=read[1],

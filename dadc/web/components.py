@@ -28,7 +28,7 @@ class Digit(gr.Radio):
         try:
             return check_digit(payload)
         except StudioError as e:
-            raise gr.Error(str(e)) from None
+            raise bounds.refused(str(e)) from None
 
 
 class CanvasValue(EditorData):
@@ -40,7 +40,7 @@ class CanvasValue(EditorData):
         try:
             return super().model_validate(obj, **kwargs)
         except ValidationError:
-            raise gr.Error('Nothing done: the canvas must be a Sketchpad value {"background", "layers", '
+            raise bounds.refused('Nothing done: the canvas must be a Sketchpad value {"background", "layers", '
                            f'"composite"}} of images, got {type(obj).__name__}.') from None
 
 
@@ -94,7 +94,7 @@ class Canvas(bounds.BoundedBlobs, gr.Sketchpad):
         try:
             preprocess.check_size(width, height)
         except preprocess.CanvasError as e:
-            raise gr.Error(f"Nothing done: {e}.") from None
+            raise bounds.refused(f"Nothing done: {e}.") from None
 
     def images_read(self, background, layers, composite):
         # preprocess.pick reads the composite, else the background, else the top layer: the others
@@ -111,7 +111,7 @@ class Canvas(bounds.BoundedBlobs, gr.Sketchpad):
         except gr.Error:  # a ValueError too: already the message for the caller
             raise
         except (UnidentifiedImageError, OSError, ValueError):
-            raise gr.Error("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
+            raise bounds.refused("Nothing done: that file is not an image (send a PNG, JPEG or WebP).") from None
 
     def convert_and_format_image(self, file, flatten_on_white=False):
         # An ImageEditor internal (Gradio 6.31), not a documented hook: preprocess() calls it for

@@ -2,15 +2,17 @@
 people's flags, and watch the rounds on the dashboard. The work is done by service.Studio, asked
 through its own methods only (never its store or model); this file lays the page out tab by tab,
 each event wired under its widgets (a tab's larger groups of events in a function of their own:
-flag_events, retract_events, admin_events), and turns the Studio's errors into Gradio's in one
-place (shown()).
+flag_events, api_events, admin_events), and turns the Studio's errors into Gradio's in one
+place (shown(), through bounds.refused: a refusal is one log line, never a traceback).
 
 API (gradio_client): /predict (Sketchpad value -> gr.Label value), /flag (Sketchpad value, digit ->
-{"id", "saved", ...}), /verify_next and /verify (Dynabench-style validation), /rollback.
+{"id", "saved", ...}), /verify_next and /verify (Dynabench-style validation), /retract, /rollback.
 """
 import atexit
+import base64
 import functools
 import html
+import io
 import json
 import logging
 import math
@@ -51,7 +53,7 @@ def shown(fn):
         try:
             return fn(*args, **kwargs)
         except StudioError as e:
-            raise gr.Error(str(e)) from None
+            raise bounds.refused(str(e)) from None  # a visitor's mistake: one log line, no traceback
     return wrapper
 
 
@@ -177,14 +179,15 @@ def build(settings, round0=ROUND0, round_cfg=None, sync="auto", mnist=None, stud
         with gr.Tabs():
             with gr.Tab("Draw"):
                 draw_tab(studio, who)
-            with gr.Tab("Verify"):
-                vote_tab(studio, who)
+            with gr.Tab("Verify") as tab:
+                vote_tab(studio, who, tab)
             with gr.Tab("Dashboard") as tab:
                 dashboard_tab(studio, who, tab)
     return demo
 
 
 BRUSH = 12  # the brush's radius in canvas px: 24 px strokes, a pen's width for a digit ~250 px tall
+PAD_HEIGHT = 500  # px: at 1280x800 the pad, the answer under it, Undo and Clear fit the first screen
 KEYS = ("Keys: <kbd>0</kbd>-<kbd>9</kbd> pick the true digit, <kbd>Enter</kbd> flags, "
         "<kbd>Backspace</kbd> undoes, <kbd>Esc</kbd> clears.")
 
@@ -200,6 +203,10 @@ def top_line(value, seq=0):
     return f'<div class="dadc-top" data-seq="{seq}"><span>The model says</span> {said}</div>'
 
 
+def flags_word(n):
+    return f"{n} flag{'s' * (n != 1)}"
+
+
 def feedback_text(r, flags, fooled, hint, serving):
     """After a flag: the receipt, the visitor's running count, and what still fools the round."""
     lines = [f"**{'Fooled!' if r['fooled'] else 'Not fooled.'}** {md(r['message'])}",
@@ -208,10 +215,11 @@ def feedback_text(r, flags, fooled, hint, serving):
     if window_round != serving or not n:
         lines.append(f"Nobody has flagged round {serving} yet.")
     elif digit is None:
-        lines.append(f"None of the last {n} flag{'s' * (n > 1)} fooled round {serving}: find its blind spot.")
+        said = f"None of the last {n} flags fooled" if n > 1 else "The last flag did not fool"
+        lines.append(f"{said} round {serving}: find its blind spot.")
     else:
         lines.append(f"Hint: lately, **{digit}s** fool round {serving} most often "
-                     f"({n_fooled} of {n} flag{'s' * (n > 1)}).")
+                     f"({n_fooled} of {flags_word(n)}).")
     return "\n\n".join(lines)
 
 
@@ -220,7 +228,7 @@ def drawing(png):
     try:
         return page.snapshot(png, CANVAS)
     except preprocess.CanvasError as e:
-        raise gr.Error(f"Nothing done: {e}.") from None
+        raise bounds.refused(f"Nothing done: {e}.") from None
 
 
 def counter(studio):
@@ -239,25 +247,31 @@ def counter(studio):
 def draw_tab(studio, who):
     """Drawing is the Sketchpad; its value travels only to the API's /predict and /flag. The page
     reads the drawing in the browser (page.js: snapshot()) and sends that PNG to light events:
-    the live prediction on every mouse-up, and the flag (so it stores what the visitor saw)."""
+    the live prediction on every mouse-up, and the flag (so it stores what the visitor saw).
+    The pad has one pen: no layers or crop (the editor's options); its eraser, colour, size, pan and
+    zoom are hidden by page.css (eraser=False, the documented option, leaves Gradio 6.31's editor
+    with no tool chosen and a page error)."""
     counted = counter(studio)  # the visitors' running counts and the hint (tally.py)
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=300):
             canvas = Canvas(label="Draw one digit", canvas_size=(CANVAS, CANVAS), type="pil",
                             brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
-                            layers=False, transforms=(), elem_id="canvas", height=520)
-            top = gr.HTML(top_line(None), elem_id="dadc-top", js_on_load=None)
-            with gr.Row(elem_id="dadc-tools"):
-                gr.Button("Undo", size="md", elem_id="undo").click(None, js="() => dadc.undo()")
-                clear = gr.Button("Clear", size="md", elem_id="clear")
-        with gr.Column(scale=2):
+                            layers=False, transforms=(), elem_id="canvas", height=PAD_HEIGHT)
+            with gr.Row(elem_id="dadc-under", equal_height=True):  # the answer, then what changes the drawing
+                top = gr.HTML(top_line(None), elem_id="dadc-top", js_on_load=None, scale=4, min_width=220)
+                gr.Button("Undo", size="md", elem_id="undo", scale=1, min_width=100).click(None, js="() => dadc.undo()")
+                clear = gr.Button("Clear", size="md", elem_id="clear", scale=1, min_width=100)
+        with gr.Column(scale=2, min_width=300):
             label = gr.Label(num_top_classes=3, label="The model says", elem_id="dadc-label")
             seen = gr.Image(label="What the model sees (28x28)", image_mode="L", height=140,
-                            interactive=False, buttons=[])
+                            interactive=False, buttons=[], elem_id="seen")
             digit = Digit([(str(d), d) for d in range(10)], label="The true digit", elem_id="digit")
             flag_btn = gr.Button("Flag: the model got it wrong (or was unsure)", variant="stop", elem_id="flag")
+            with gr.Row(visible=False, elem_id="dadc-last") as last_row:  # the latest flag, to take back
+                last_pic = gr.HTML(elem_id="last-pic", padding=False, min_width=72, scale=0)
+                take_back = gr.Button("Take it back", size="sm", elem_id="take-back", min_width=110, scale=0)
             feedback = gr.Markdown(elem_id="feedback")
-            gr.Markdown(KEYS, elem_id="keys")
+            gr.Markdown(KEYS, elem_id="keys")  # hidden on touch screens (page.css): no keyboard there
             gr.Markdown(privacy_notice(studio.settings))
     # Clear, in the browser (no request): the editor's own clear, and the outputs' empty values as
     # gr.ClearButton writes them (a Label given null breaks)
@@ -287,14 +301,20 @@ def draw_tab(studio, who):
     submit.click(predict, canvas, [label, seen_state], api_name="predict", concurrency_id=bounds.HEAVY,
                  concurrency_limit=bounds.HEAVY_CONCURRENCY).then(
         seen_image, seen_state, seen, api_visibility="private", show_progress="hidden")
-    flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, receipt, feedback,
-                answer=[label, seen, top])
+    flag_events(studio, who, counted, (canvas, snap, digit), (flag_btn, flag_api, receipt),
+                (feedback, last_row, last_pic, take_back), answer=[label, seen, top])
 
 
-def flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, receipt, feedback, answer):
-    """The Draw tab's flag: /flag takes a Sketchpad value, the page's Flag button the PNG it saw. Once
-    stored: the receipt and the visitor's counts in `feedback`, the drawing and the answer cleared."""
+def flag_events(studio, who, counted, inputs, buttons, after, answer):
+    """The Draw tab's flag: /flag takes a Sketchpad value, the page's Flag button the PNG it saw.
+    Once stored, in one answer (no moment when the canvas is clear and the old feedback still
+    shows): the receipt and the visitor's counts in `feedback`, the flagged drawing small with
+    "Take it back", the digit and the answer cleared; then the canvas, in the browser."""
+    canvas, snap, digit = inputs
+    flag_btn, flag_api, receipt = buttons
+    feedback, last_row, last_pic, take_back = after
     label, seen, top = answer
+    last_id = gr.State()  # the id of this session's latest flag: kept on the server, never sent
 
     @shown
     def flag(canvas_value, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -307,20 +327,31 @@ def flag_events(studio, who, counted, canvas, snap, digit, flag_btn, flag_api, r
                    concurrency_limit=bounds.HEAVY_CONCURRENCY)  # as /predict: it decodes a Sketchpad value
 
     def flag_drawing(png, true_digit, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        return flag(drawing(png), true_digit, request, profile)
+        img = drawing(png)
+        r = flag(img, true_digit, request, profile)
+        flags, fooled = counted().visitor(who(request, profile).id)
+        text = feedback_text(r, flags, fooled, counted().hint(), round_number(studio.serving))
+        return {feedback: text, digit: None, label: None, seen: None, top: top_line(None), last_id: r["id"],
+                last_pic: flagged_html(img, r["label"]), last_row: gr.Row(visible=True)}
 
-    def after_flag(r, request: gr.Request, profile: gr.OAuthProfile | None = None):
-        tally = counted()
-        flags, fooled = tally.visitor(who(request, profile).id)
-        text = feedback_text(r, flags, fooled, tally.hint(), round_number(studio.serving))
-        return {feedback: text, digit: None, label: None, seen: None, top: top_line(None)}
-
-    flagged = flag_btn.click(flag_drawing, [snap, digit], receipt, js="(png, d) => [dadc.snapshot(), d]",
-                             api_visibility="private", concurrency_limit=None)
+    # show_progress hidden: Gradio's timer over the feedback would outlast the cleared canvas
+    flagged = flag_btn.click(flag_drawing, [snap, digit], [feedback, digit, label, seen, top, last_id, last_pic,
+                                                            last_row], js="(png, d) => [dadc.snapshot(), d]",
+                             api_visibility="private", concurrency_limit=None, show_progress="hidden")
     # only once the flag is stored (success) is the canvas cleared, in the browser by the editor's
     # own Clear (page.js says why not by writing None to the Sketchpad); the brush stays ready
     flagged.success(None, None, None, js="() => { dadc.clear(); }", api_visibility="private")
-    flagged.success(after_flag, receipt, [feedback, digit, label, seen, top], api_visibility="private")
+
+    @shown
+    def take_it_back(id_, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        if not id_:
+            raise StudioError("Nothing to take back: flag a drawing first.")
+        studio.retract(id_, who(request, profile))  # the same check as /retract: only its flagger
+        return {feedback: "**Taken back.** That flag trains nothing and nobody is asked about it.",
+                last_id: None, last_row: gr.Row(visible=False)}
+
+    take_back.click(take_it_back, last_id, [feedback, last_id, last_row], api_visibility="private",
+                    show_progress="hidden")
 
 
 def thanks_text(r):
@@ -331,41 +362,50 @@ def thanks_text(r):
     return f"Thanks: {r['agree']} agree, {r['disagree']} disagree so far.{done}"
 
 
-def vote_tab(studio, who):
-    """Votes on other people's flags (the API's /verify_next and /verify), and taking back one's own
-    flag (retract_events)."""
+NOTHING_TO_VERIFY = "Nothing to verify right now (you never verify your own flags): come back later."
+
+
+def vote_tab(studio, who, tab):
+    """Votes on other people's flags (the API's /verify_next and /verify). An example is loaded
+    when the tab opens; Yes and No are live only while one is shown. Taking back one's own flag
+    is on the Draw tab (after a flag) and the API's /retract (api_events)."""
     gr.Markdown("Check other people's flags (never your own): is the label right? If not, say which digit "
                 "it is: when enough people agree, the example is relabelled.")
     with gr.Row():
-        picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[], format="png")
-        with gr.Column():
-            question = gr.Markdown("Press *Next* to see an example.")
+        picture = gr.Image(label="Their drawing", height=300, interactive=False, buttons=[], format="png",
+                           min_width=240)
+        with gr.Column(min_width=300):
+            question = gr.Markdown("Loading an example…", elem_id="question")
             example_id = gr.Textbox(visible=False)
             example_label = gr.Number(visible=False)
             with gr.Row():
-                yes = gr.Button("Yes, that label is right", variant="primary")
-                no = gr.Button("No, it is wrong")
-            right = gr.Radio([(str(d), d) for d in range(10)], label="With 'No': it is a … (optional)")
+                yes = gr.Button("Yes, that label is right", variant="primary", interactive=False, elem_id="yes")
+                no = gr.Button("No, it is wrong", interactive=False, elem_id="no")
+            right = gr.Radio([(str(d), d) for d in range(10)], label="With 'No': it is a … (optional)",
+                             interactive=False)
             next_btn = gr.Button("Next")
             thanks = gr.Markdown()
             result = gr.JSON(visible=False)
-    with gr.Accordion("Flagged one by mistake?", open=False):
-        gr.Markdown("Take back one of your own flags (its id is in the receipt after you flag).")
-        with gr.Row():
-            own_id = gr.Textbox(label="Flag id", max_length=64)
-            retract_btn = gr.Button("Retract it")
-        retracted = gr.Markdown()
-    shows = [picture, question, example_id, example_label, result]
+    shows = [picture, question, example_id, example_label, result]  # /verify_next's answer, as before
 
     def next_example(request: gr.Request, profile: gr.OAuthProfile | None = None):
         ex = studio.next_to_vote(who(request, profile))
         if ex is None:
-            return {picture: None, question: "Nothing to verify right now: come back later.", example_id: "",
-                    example_label: None, result: {}}
-        return {picture: stored_image(ex["canvas"]), question: f"### Is this a **{md(ex['label'])}**?", example_id: ex["id"],
-                example_label: ex["label"], result: {"id": ex["id"], "label": ex["label"]}}
+            return {picture: None, question: NOTHING_TO_VERIFY, example_id: "", example_label: None, result: {}}
+        return {picture: stored_image(ex["canvas"]), question: f"### Is this a **{md(ex['label'])}**?",
+                example_id: ex["id"], example_label: ex["label"], result: {"id": ex["id"], "label": ex["label"]}}
 
-    next_btn.click(next_example, None, shows, api_name="verify_next", concurrency_limit=None)
+    def answerable(id_):
+        """Yes, No and the digit are live only while an example is shown (and the digit starts unpicked)."""
+        return gr.Button(interactive=bool(id_)), gr.Button(interactive=bool(id_)), gr.Radio(interactive=bool(id_),
+                                                                                            value=None)
+
+    def load(trigger, **api):
+        trigger(next_example, None, shows, concurrency_limit=None, **api).then(
+            answerable, example_id, [yes, no, right], api_visibility="private", show_progress="hidden")
+
+    load(next_btn.click, api_name="verify_next")
+    load(tab.select, api_visibility="private")  # an example is there as the tab opens
 
     def vote(agree):
         @shown
@@ -377,10 +417,15 @@ def vote_tab(studio, who):
         return cast
 
     for btn, agree in ((yes, True), (no, False)):
-        btn.click(vote(agree), [example_id, right], [result, thanks], api_visibility="private").success(
-            next_example, None, shows, api_visibility="private").then(
-            lambda: None, None, right, api_visibility="private")
+        load(btn.click(vote(agree), [example_id, right], [result, thanks], api_visibility="private").success,
+             api_visibility="private")
+    api_events(studio, who)
 
+
+def api_events(studio, who):
+    """The API's calls with no widget of their own: /verify (a vote by id) and /retract (take back
+    one of one's own flags by its id, the /flag receipt's). The page's own "Take it back"
+    (flag_events) goes through the same Studio.retract and its check."""
     @shown
     def vote_api(id_: str, agree: bool, digit: int | None = None, request: gr.Request = None,
                  profile: gr.OAuthProfile | None = None) -> dict:
@@ -388,64 +433,80 @@ def vote_tab(studio, who):
         return studio.vote(id_, agree, who(request, profile), digit)
 
     gr.api(vote_api, api_name="verify", concurrency_limit=None)
-    retract_events(studio, who, own_id, retract_btn, retracted)
 
-
-def retract_events(studio, who, own_id, retract_btn, retracted):
-    """Take back one of one's own flags: the Verify tab's "Flagged one by mistake?", and /retract."""
     @shown
     def retract_api(id_: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
         """Take back one of your own flags."""
         return studio.retract(id_.strip() if isinstance(id_, str) else id_, who(request, profile))
 
     gr.api(retract_api, api_name="retract", concurrency_limit=None)
-    retract_btn.click(retract_api, own_id, None, api_visibility="private").success(
-        lambda: "Retracted: it trains nothing and nobody is asked about it.", None, retracted,
-        api_visibility="private")
+
+
+def small_png(img, side=144):
+    """A drawing as a small PNG data URL: all of it in a side x side box (shown at half that: sharp
+    on a phone's 2x screen). Inline in the page's HTML: no file for Gradio to copy or serve."""
+    img = img.copy()
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@functools.lru_cache(maxsize=64)  # stored files never change: one small PNG (~3 KB) per path
+def thumb_url(path):
+    """A stored canvas as small_png."""
+    return small_png(Image.fromarray(np.asarray(stored_image(path))))
+
+
+def flagged_html(img, digit):
+    """The drawing just flagged, small, next to "Take it back"."""
+    return f'<img src="{small_png(img)}" width="72" height="72" alt="your flagged drawing, a {int(digit)}">'
+
+
+def gallery_html(items):
+    """The recent fooling examples (path, caption) as a grid of small thumbnails that wraps, each
+    drawing whole, its caption under it; a sentence when there are none."""
+    if not items:
+        return '<p class="dadc-empty">No drawing has fooled a round yet.</p>'
+    cells = "".join(f'<figure><img src="{thumb_url(p)}" alt="{html.escape(c)}" width="72" height="72">'
+                    f"<figcaption>{html.escape(c)}</figcaption></figure>" for p, c in items)
+    return f'<div class="dadc-gallery">{cells}</div>'
+
+
+LEADERS_NOTE = ("Logged-in visitors appear by their Hugging Face username; anonymous visitors only under a "
+                "nickname they choose here.")
+
+
+def plot(kind, rows, columns, rounds=None, **props):
+    """A plot's new value, shown only when there is something to plot (an empty plot's axes and
+    labels pile up): rounds as labels ("0", "1", ... in their order), never a numeric axis
+    (which reads "0 1 1")."""
+    df = pd.DataFrame(rows, columns=columns)
+    if rounds is not None:
+        df["round"] = df["round"].map(str)
+        props["sort"] = [str(r) for r in rounds]
+    return kind(value=df, visible=bool(rows), **props)
+
+
+def note(text, show):
+    return gr.Markdown(text, visible=show)
+
+
+MIN_PLOT = 360  # px: two plots abreast from ~750 px up, one above the other on a phone (their titles whole)
 
 
 def dashboard_tab(studio, who, tab):
     """The rounds and the people who fool them; an admin's controls (admin_events) show to admins only."""
-    status = gr.Markdown()
-    with gr.Row():
-        per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit", sort="x")
-        mer = gr.ScatterPlot(x="round", y="rate", color="kind", title="Model error rate per round",
-                             x_axis_format="d", y_lim=[0, 1])
-    with gr.Row():
-        acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", x_axis_format="d",
-                             title="Clean and PGD accuracy per round")
-        gallery = gr.Gallery(label="Recent fooling examples", columns=6, height=260, format="png")
-    with gr.Row():
-        matrix = gr.BarPlot(x="fooled", y="accuracy", color="round", title="Each round on the held-out examples "
-                            "that fooled earlier rounds", y_lim=[0, 1])
-        with gr.Column():
-            leaders = gr.Dataframe(headers=["who", "fooling flags", "verified by others", "verified error rate",
-                                            "rounds fooled"], label="Leaderboard", wrap=True)
-            with gr.Row():
-                nickname = gr.Textbox(label="Show me on the leaderboard as (empty: not shown)", max_length=24)
-                save_nick = gr.Button("Save")
-    history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
-                           label="Every round attempt, and why it passed or failed", wrap=True)
-    with gr.Row(visible=False) as admin_row:  # shown to admins only; the handlers check it again
-        rounds = gr.Dropdown(label="Serve an earlier round", choices=[], allow_custom_value=True)
-        rollback_btn = gr.Button("Roll back")
-        retrain_btn = gr.Button("Retrain now")
-    refresh = gr.Button("Refresh")
-    timer = gr.Timer(3.0, active=False)  # ticks while a round trains
-    shows = [status, per_digit, mer, acc, gallery, history, rounds, timer, admin_row, leaders, matrix]
+    parts, asks = dashboard_layout()  # parts: what show_dashboard fills in; asks: the controls
+    shows = list(parts.values())
+    status, timer = parts["status"], parts["timer"]
 
     def show_dashboard(request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         d = studio.dashboard(who(request, profile) if request is not None else None)
-        return {status: md(d["status"]), per_digit: pd.DataFrame(d["digits"]),
-                mer: pd.DataFrame(d["mer"], columns=["round", "kind", "rate"]),
-                acc: pd.DataFrame(d["accuracy"], columns=["round", "metric", "accuracy"]),
-                gallery: [(stored_image(p), caption) for p, caption in d["gallery"]], history: d["history"] or [[""] * 7],
-                rounds: gr.Dropdown(choices=d["rounds"], value=d["serving"]), timer: gr.Timer(active=d["running"]),
-                admin_row: gr.Row(visible=d["admin"]), leaders: d["leaders"] or [[""] * 5],
-                matrix: pd.DataFrame(d["matrix"], columns=["round", "fooled", "accuracy", "n"])}
+        return {parts[k]: v for k, v in dashboard_values(d).items()}
 
-    for trigger in (tab.select, refresh.click):
-        trigger(show_dashboard, None, shows, api_visibility="private")
+    for trigger in (tab.select, asks["refresh"].click):  # opening the tab shows the counts as they are now
+        trigger(show_dashboard, None, shows, api_visibility="private", show_progress="hidden")
 
     def tick(request: gr.Request, profile: gr.OAuthProfile | None = None):
         d = studio.dashboard(who(request, profile))
@@ -457,9 +518,82 @@ def dashboard_tab(studio, who, tab):
     def set_nickname(name, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return studio.set_nickname(name, who(request, profile))
 
-    save_nick.click(set_nickname, nickname, None, api_visibility="private").success(
+    asks["save_nick"].click(set_nickname, asks["nickname"], None, api_visibility="private").success(
         show_dashboard, None, shows, api_visibility="private")
-    admin_events(studio, who, rounds, rollback_btn, retrain_btn, status, timer, (show_dashboard, shows))
+    admin_events(studio, who, parts["rounds"], asks["rollback"], asks["retrain"], status, timer,
+                 (show_dashboard, shows))
+
+
+def dashboard_layout():
+    """The dashboard laid out: (its parts by name, its controls by name). Every part with nothing
+    to show says so in a sentence (its *_note; dashboard_values)."""
+    status = gr.Markdown()
+    with gr.Row():
+        per_digit = gr.BarPlot(x="digit", y="examples", color="kind", title="Examples per digit", sort="x",
+                               min_width=MIN_PLOT)
+        with gr.Column(min_width=MIN_PLOT):
+            mer = gr.ScatterPlot(x="round", y="rate", color="kind", title="Model error rate per round", y_lim=[0, 1])
+            mer_note = note("No drawing has been tried on a round yet.", False)
+    with gr.Row():
+        with gr.Column(min_width=MIN_PLOT):
+            acc = gr.ScatterPlot(x="round", y="accuracy", color="metric", title="Clean and PGD accuracy per round",
+                                 elem_id="accuracy")
+            acc_note = gr.Markdown(elem_classes="dadc-caption")  # the protocol, named: one for all rounds
+        with gr.Column(min_width=MIN_PLOT):
+            gr.Markdown("**Recent fooling examples**")
+            gallery = gr.HTML(gallery_html([]), elem_id="gallery")
+    with gr.Row():
+        with gr.Column(min_width=MIN_PLOT):
+            matrix = gr.BarPlot(x="fooled", y="accuracy", color="round", title="Accuracy on held-out fooling examples",
+                                y_lim=[0, 1], caption="Each round on the held-out examples that fooled earlier rounds")
+            matrix_note = note("No held-out example has fooled a round yet: once some have, this shows how each "
+                               "later round does on them.", False)
+        with gr.Column(min_width=MIN_PLOT):
+            leaders = gr.Dataframe(headers=["who", "fooling flags", "verified by others", "verified error rate",
+                                            "rounds fooled"], label="Leaderboard", wrap=True, elem_id="leaders")
+            leaders_note = gr.Markdown(LEADERS_NOTE)
+            with gr.Row():
+                nickname = gr.Textbox(label="Show me on the leaderboard as (empty: not shown)", max_length=24)
+                save_nick = gr.Button("Save", elem_id="save-nick")
+    history = gr.Dataframe(headers=["time", "what", "outcome", "why", "clean", "PGD", "seconds"],
+                           label="Every round attempt, and why it passed or failed (accuracy on the gate's validation slice)",
+                           wrap=True, elem_id="history")
+    history_note = note("No round has been attempted yet.", False)
+    with gr.Row(visible=False) as admin_row:  # shown to admins only; the handlers check it again
+        rounds = gr.Dropdown(label="Serve an earlier round", choices=[], allow_custom_value=True)
+        rollback_btn = gr.Button("Roll back")
+        retrain_btn = gr.Button("Retrain now")
+    refresh = gr.Button("Refresh")
+    timer = gr.Timer(3.0, active=False)  # ticks while a round trains
+    return dict(status=status, per_digit=per_digit, mer=mer, mer_note=mer_note, acc=acc, acc_note=acc_note,
+                gallery=gallery, matrix=matrix, matrix_note=matrix_note, leaders=leaders,
+                leaders_note=leaders_note, history=history, history_note=history_note, rounds=rounds,
+                timer=timer, admin_row=admin_row), \
+        dict(nickname=nickname, save_nick=save_nick, rollback=rollback_btn, retrain=retrain_btn, refresh=refresh)
+
+
+def dashboard_values(d):
+    """The dashboard's parts (by their names in dashboard_tab) from Studio.dashboard's numbers."""
+    numbered = [round_number(n) for n in d["rounds"]]
+    leaders = d["leaders"]
+    return dict(
+        status=md(d["status"]),
+        per_digit=pd.DataFrame(d["digits"]),
+        mer=plot(gr.ScatterPlot, d["mer"], ["round", "kind", "rate"], numbered),
+        mer_note=note("No drawing has been tried on a round yet.", not d["mer"]),
+        acc=plot(gr.ScatterPlot, d["accuracy"], ["round", "metric", "accuracy"], numbered),
+        acc_note=md(d["protocol"]),
+        gallery=gallery_html(d["gallery"]),
+        matrix=plot(gr.BarPlot, d["matrix"], ["round", "fooled", "accuracy", "n"]),
+        matrix_note=note("No held-out example has fooled a round yet: once some have, this shows how each "
+                         "later round does on them.", not d["matrix"]),
+        leaders=gr.Dataframe(leaders or [[""] * 5], visible=bool(leaders)),
+        leaders_note=LEADERS_NOTE if leaders else "Nobody is on the leaderboard yet. " + LEADERS_NOTE,
+        history=gr.Dataframe(d["history"] or [[""] * 7], visible=bool(d["history"])),
+        history_note=note("No round has been attempted yet.", not d["history"]),
+        rounds=gr.Dropdown(choices=d["rounds"], value=d["serving"]),
+        timer=gr.Timer(active=d["running"]),
+        admin_row=gr.Row(visible=d["admin"]))
 
 
 def admin_events(studio, who, rounds, rollback_btn, retrain_btn, status, timer, refresh):
