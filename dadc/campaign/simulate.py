@@ -179,7 +179,7 @@ class _Campaign:
         self.pool = [campaign[i] for i in order[:half]]
         self.unseen = [campaign[i] for i in order[half:]]
         self.unseen_pixels = {pixels(x) for x, _, _ in self.unseen}
-        arrays = data.fetch(mnist_home, log=lambda m: log(m))  # read only: the campaign's home holds no copy
+        arrays = data.fetch(mnist_home, log=log)  # read only: the campaign's home holds no copy
         self.test = data.tensors(arrays, "test")
         self.registry = Registry(home, round0)
         self.predictor = Predictor(self.registry)

@@ -25,7 +25,7 @@ from .. import preprocess
 from ..preprocess import CANVAS
 from .canvas import stamp
 
-def _elastic(a, rng, strength):
+def elastic(a, rng, strength):
     """a (28x28 float) warped by a smooth random field of up to ~`strength` px (bilinear sampling)."""
     if strength <= 0:
         return a
@@ -42,7 +42,7 @@ def _elastic(a, rng, strength):
 def to_canvas(x28, rng, size=CANVAS):
     """An MNIST digit (28x28 floats in [0,1], white on black) drawn on a size x size canvas ('L',
     black ink on white) with a random brush, elastic warp, rotation, shear, scale and position."""
-    a = _elastic(np.asarray(x28, dtype=np.float32), rng, rng.uniform(0, 1.5))
+    a = elastic(np.asarray(x28, dtype=np.float32), rng, rng.uniform(0, 1.5))
     src = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), mode="L").resize((112, 112), Image.BICUBIC)
     cut = rng.uniform(40, 190)  # where the grey edge becomes ink: the brush width
     src = src.point(lambda v: 0 if v < cut else min(255, int((v - cut) * 4 + 64)))

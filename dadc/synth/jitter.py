@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from .. import preprocess
-from .augment import _elastic
+from .augment import elastic
 
 ROTATE = 15.0   # degrees either way at strength 1
 SHEAR = 0.3     # slant (x += shear * y) either way at strength 1
@@ -33,7 +33,7 @@ SIDE = 160      # the small canvas a variant is drawn on (to_mnist normalises si
 def variant(x28, rng, strength=1.0):
     """One redrawing of a 28x28 (floats in [0, 1], white on black) with a hand's jitter, as the app
     would read it: a float32 28x28."""
-    a = _elastic(np.asarray(x28, dtype=np.float32), rng, rng.uniform(0, WARP * strength))
+    a = elastic(np.asarray(x28, dtype=np.float32), rng, rng.uniform(0, WARP * strength))
     src = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), mode="L").resize((112, 112), Image.BICUBIC)
     cut = rng.uniform(60, 170)  # where the grey edge becomes ink: a thinner or thicker brush
     src = src.point(lambda v: 0 if v < cut else min(255, int((v - cut) * 4 + 64)))
