@@ -1,4 +1,4 @@
-"""Command line: python -m dadc {data, train, eval, export, import, migrate, simulate, rollback, retrain} ... (see docs/GUIDE.md).
+"""Command line: python -m dadc {data, train, eval, export, import, migrate, simulate, rollback, retrain, trainer} ... (see docs/GUIDE.md).
 
 Every command is a function cmd_NAME(args, settings), registered in parser() with its arguments;
 main() runs it and turns any error into one `error: ...` line (DADC_DEBUG=1 shows the traceback)."""
@@ -25,8 +25,9 @@ def cmd_train(args, settings):
 
     summary = recipe.run(args, settings.home, "python -m dadc " + " ".join(sys.argv[1:]),
                          log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(summary))
-    print(f"saved {args.out}", file=sys.stderr)
+    if summary is not None:  # under torchrun, rank 0 alone reports
+        print(json.dumps(summary))
+        print(f"saved {args.out}", file=sys.stderr)
 
 
 def cmd_eval(args, settings):
@@ -130,12 +131,57 @@ def cmd_migrate(args, settings):
 
 
 def cmd_rollback(args, settings):
-    """A running app keeps its model until it restarts (roll back from its dashboard to switch at once)."""
+    """With a model repo (HF_TOKEN, DADC_MODEL_REPO): its CURRENT, which every following replica
+    serves within DADC_FOLLOW_EVERY. Else this home's: a running app keeps its model until it
+    restarts (roll back from its dashboard to switch at once)."""
+    if settings.hf_token and settings.model_repo:
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        from .hub import model_repo
+
+        with tempfile.TemporaryDirectory(dir=settings.home if settings.home.is_dir() else None) as tmp:
+            model_repo.rollback(HfApi(token=settings.hf_token), settings.model_repo, args.round,
+                                "python -m dadc rollback", tmp)
+        print(f"{settings.model_repo}: rounds/CURRENT now names {args.round}: replicas that follow it "
+              f"(DADC_TRAINER=remote) serve it within DADC_FOLLOW_EVERY seconds")
+        return
     from .rounds.registry import Registry
 
     registry = Registry(settings.home)
     registry.rollback(args.round, why="python -m dadc rollback")
     print(f"{registry.root / 'CURRENT'} now names {args.round}: the app serves it from its next start")
+
+
+def cmd_trainer(args, settings):
+    """The trainer role (hub/trainer.py): rounds from every replica's flags, promoted on the model
+    repo. --once: one pass, its summary as the last stdout line (JSON); else a pass every --every s."""
+    import os
+
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU
+    from .hub.trainer import Trainer
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no GPU here")
+    progress = RoundProgress()
+    trainer = Trainer(settings, on_stage=progress, log=progress.write)
+    while True:
+        try:
+            print(json.dumps(trainer.once(force=args.force)), flush=True)
+        except Exception as e:
+            if args.once:
+                raise
+            print(f"error: the pass failed, trying again in {args.every:g} s: {e}", file=sys.stderr)
+        finally:
+            progress.close()
+        if args.once:
+            return
+        time.sleep(args.every)
 
 
 class RoundProgress:
@@ -167,6 +213,7 @@ class RoundProgress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None  # the trainer's next pass starts a new bar
 
 
 def cmd_retrain(args, settings):
@@ -355,7 +402,21 @@ def parser():
 
     sub.add_parser("retrain", help="one retraining round now, in the foreground, on the flagged examples "
                                    "(DADC_ROUND_* settings; recorded in the history)").set_defaults(run=cmd_retrain)
+
+    t = sub.add_parser("trainer", help="train rounds from every replica's flags (DADC_DATASET_REPO) and promote "
+                                       "them on DADC_MODEL_REPO, apart from serving (see README: Scaling out)")
+    t.add_argument("--once", action="store_true", help="one pass (pull, train if DADC_THRESHOLD new, push), then exit")
+    t.add_argument("--force", action="store_true", help="train even under the threshold")
+    t.add_argument("--every", type=float, default=60.0, help="seconds between passes without --once (default 60)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (default: a GPU when torch sees one)")
+    t.set_defaults(run=cmd_trainer)
     return p
+
+
+# what a train flag's help says beyond its default
+TRAIN_NOTES = {"batch_size": "; per process: under torchrun with K processes the global batch is K times it",
+               "device": "; cuda under torchrun: each process its own GPU, cuda:LOCAL_RANK"}
 
 
 def train_arguments(t):
@@ -369,7 +430,8 @@ def train_arguments(t):
             t.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
                            help=f"default {f.default}")
         else:
-            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=f"default {f.default}")
+            t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+                           help=f"default {f.default}" + TRAIN_NOTES.get(f.name, ""))
     t.add_argument("--recipe", choices=sorted(RECIPES), help="a named recipe (dadc.model.training.RECIPES); "
                                                               "flags given on the command line win over it")
     t.add_argument("--human", action="store_true", help="mix in the flagged human examples under DADC_HOME")

@@ -24,6 +24,10 @@ class Settings:
     vote_login: bool = False         # DADC_VOTE_LOGIN=1: voting needs a login
     proxy_hops: int = 0              # DADC_TRUSTED_PROXY_HOPS: proxies whose X-Forwarded-For entry is trusted
     session_capacity: int = 1000     # DADC_SESSION_CAPACITY: browser sessions whose page state is kept in memory
+    trainer: str = "local"           # DADC_TRAINER: "local" (this app trains) or "remote" (`python -m dadc trainer`)
+    follow_every: float = 30.0       # DADC_FOLLOW_EVERY, seconds between checks of the model repo (remote)
+    identity_key: str | None = field(default=None, repr=False)  # DADC_IDENTITY_KEY: one key for every replica
+    isolate_rounds: bool = True      # DADC_ISOLATE_ROUNDS=0: the app's rounds in its own process, not a lowered child
 
     @property
     def hub_enabled(self) -> bool:
@@ -93,12 +97,33 @@ def debug() -> bool:
     return bool(os.environ.get("DADC_DEBUG"))
 
 
+def _trainer(hf_token, dataset_repo, model_repo):
+    trainer = os.environ.get("DADC_TRAINER") or "local"
+    if trainer not in ("local", "remote"):
+        raise SystemExit(f"error: DADC_TRAINER must be 'local' or 'remote', got {trainer!r}")
+    if trainer == "remote" and not (hf_token and dataset_repo and model_repo):
+        raise SystemExit("error: DADC_TRAINER=remote needs HF_TOKEN, DADC_DATASET_REPO (where the trainer reads "
+                         "the flags) and DADC_MODEL_REPO (where it promotes rounds)")
+    return trainer
+
+
+def _identity_key():
+    key = os.environ.get("DADC_IDENTITY_KEY") or None
+    if key is not None and len(key) < 32:
+        raise SystemExit("error: DADC_IDENTITY_KEY must be at least 32 characters (a secret: e.g. "
+                         "`python -c 'import secrets; print(secrets.token_hex(32))'`)")
+    return key
+
+
 def from_env() -> Settings:
+    hf_token = os.environ.get("HF_TOKEN") or None
+    dataset_repo = os.environ.get("DADC_DATASET_REPO") or None
+    model_repo = os.environ.get("DADC_MODEL_REPO") or None
     return Settings(
         home=Path(os.environ.get("DADC_HOME") or ".dadc").expanduser(),
-        hf_token=os.environ.get("HF_TOKEN") or None,
-        dataset_repo=os.environ.get("DADC_DATASET_REPO") or None,
-        model_repo=os.environ.get("DADC_MODEL_REPO") or None,
+        hf_token=hf_token,
+        dataset_repo=dataset_repo,
+        model_repo=model_repo,
         push_every=_number("DADC_PUSH_EVERY", 5.0, float),
         push_delay=_number("DADC_PUSH_DELAY", 30.0, float),
         threshold=_number("DADC_THRESHOLD", 10, int),
@@ -111,6 +136,10 @@ def from_env() -> Settings:
         # (only in a real Space: elsewhere the entry is the client's own, a new identity per request)
         proxy_hops=_number("DADC_TRUSTED_PROXY_HOPS", 1 if in_space() else 0, int, zero=True),
         session_capacity=_number("DADC_SESSION_CAPACITY", 1000, int),
+        trainer=_trainer(hf_token, dataset_repo, model_repo),
+        follow_every=_number("DADC_FOLLOW_EVERY", 30.0, float),
+        identity_key=_identity_key(),
+        isolate_rounds=os.environ.get("DADC_ISOLATE_ROUNDS", "1").lower() not in ("0", "false", "no"),
     )
 
 

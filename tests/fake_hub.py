@@ -27,6 +27,7 @@ class Repo:
         self.id, self.type, self.private = repo_id, repo_type, private
         first = uuid.uuid4().hex + uuid.uuid4().hex[:8]
         self.commits = [(first, {})]  # (sha, {path: bytes}) oldest first; the Hub keeps history too
+        self.tags = {}  # tag -> commit sha
 
     @property
     def head(self):
@@ -89,6 +90,10 @@ class FakeHub:
     def commits(self, repo_id, repo_type="dataset"):
         repo = self.repos.get((repo_type, repo_id))
         return len(repo.commits) - 1 if repo else 0
+
+    def tags(self, repo_id, repo_type="model"):
+        repo = self.repos.get((repo_type, repo_id))
+        return dict(repo.tags) if repo else {}
 
     def shard_rows(self, repo_id, under="data"):
         """The rows (dicts) of a dataset repo's parquet shards under `under` (dadc/hub_layout.py:
@@ -193,6 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._info(repo_type, repo_id, rest[1] if rest else "main")
             if self.command == "GET" and len(rest) >= 2 and rest[0] == "tree":
                 return self._tree(repo_type, repo_id, rest[1], "/".join(rest[2:]), query)
+            if self.command == "POST" and len(rest) == 2 and rest[0] == "tag":
+                return self._tag(repo_type, repo_id, rest[1])
             if self.command == "POST" and len(rest) == 2 and rest[0] == "paths-info":
                 return self._paths_info(repo_type, repo_id, rest[1])
         if self.command == "POST" and p == ["api", "validate-yaml"]:  # upload_folder checks README.md
@@ -259,6 +266,19 @@ class _Handler(BaseHTTPRequestHandler):
         repo.commits.append((sha, files))
         self._send(200, {"commitUrl": f"{self.hub.url}/{PREFIX[repo_type]}{repo_id}/commit/{sha}",
                          "commitOid": sha, "pullRequestUrl": None, "success": True})
+
+    def _tag(self, repo_type, repo_id, rev):
+        repo = self._repo(repo_type, repo_id, write=True)
+        if repo is None:
+            return
+        at = repo.at(rev)
+        if at is None:
+            return self._error(404, f"Revision not found: {rev}", "RevisionNotFound")
+        tag = json.loads(self._body())["tag"]
+        if tag in repo.tags:
+            return self._error(409, f"Tag {tag} already exists")
+        repo.tags[tag] = at[0]
+        self._send(200, {})
 
     def _info(self, repo_type, repo_id, rev):
         repo = self._repo(repo_type, repo_id)

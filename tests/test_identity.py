@@ -164,3 +164,40 @@ def test_space_id_alone_trusts_no_proxy_header(monkeypatch):
     assert config.from_env().proxy_hops == 1
     monkeypatch.setenv("DADC_TRUSTED_PROXY_HOPS", "0")
     assert config.from_env().proxy_hops == 0
+
+
+def test_one_identity_key_makes_one_visitor_one_id_on_every_replica(tmp_path, monkeypatch):
+    """Issue 23: replicas that share DADC_IDENTITY_KEY derive the same anonymous id for an address
+    (one vote per person and flag across replicas); without it each home has its own key."""
+    from dadc import config
+    from dadc.web.ui import identify
+
+    where(monkeypatch, {})
+    ids = {}
+    for key in ("k" * 40, None):
+        for replica in ("a", "b"):
+            monkeypatch.setenv("DADC_HOME", str(tmp_path / f"{replica}{key is None}"))
+            if key:
+                monkeypatch.setenv("DADC_IDENTITY_KEY", key)
+            else:
+                monkeypatch.delenv("DADC_IDENTITY_KEY", raising=False)
+            ids[(key, replica)] = identify(config.from_env())(request("198.51.100.9")).id
+    assert ids[("k" * 40, "a")] == ids[("k" * 40, "b")]
+    assert ids[(None, "a")] != ids[(None, "b")] and ids[(None, "a")] != ids[("k" * 40, "a")]
+    assert "k" * 40 not in repr(config.from_env())  # a secret: never in a repr
+    monkeypatch.setenv("DADC_IDENTITY_KEY", "short")
+    with pytest.raises(SystemExit, match="at least 32 characters"):
+        config.from_env()
+
+
+def test_a_remote_trainer_needs_the_hub(monkeypatch):
+    from dadc import config
+
+    for k in ("HF_TOKEN", "DADC_DATASET_REPO", "DADC_MODEL_REPO"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DADC_TRAINER", "remote")
+    with pytest.raises(SystemExit, match="DADC_TRAINER=remote needs HF_TOKEN"):
+        config.from_env()
+    monkeypatch.setenv("DADC_TRAINER", "elsewhere")
+    with pytest.raises(SystemExit, match="'local' or 'remote'"):
+        config.from_env()

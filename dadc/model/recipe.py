@@ -10,6 +10,9 @@ import os
 import time
 from dataclasses import asdict, fields
 
+from . import distributed
+from . import mnist as data
+
 # train-command options beyond TrainConfig, with their defaults (a --recipe may set them too)
 TRAIN_OPTIONS = {"val_n": 0, "val_robust_n": 1000, "eval_n": 10000, "eval_eps": 0.3, "eval_steps": 40,
                  "eval_alpha": 0.01, "eval_aa_n": 0, "eval_aa_attacks": "apgd-ce,apgd-t", "eval_drawings_n": 0,
@@ -162,27 +165,46 @@ def start_model(cfg, init=None):
 def run(args, home, command, log=print):
     """Train as the parsed train command `args` say (args.recipe, .init, .human, .out and the flags of
     train_settings), on the MNIST cache under `home`; write the checkpoint to args.out with its
-    metrics.json (`command` is recorded there). Returns the summary the CLI prints."""
+    metrics.json (`command` is recorded there). Returns the summary the CLI prints. Under torchrun
+    (distributed.py) every process trains its shard and rank 0 alone measures and writes: the
+    others return None."""
+    cfg, opt = train_settings(args)
+    check(cfg, opt, args.recipe, args.init)
+    if not distributed.launched():
+        return _run(cfg, opt, args, home, command, log)
+    cfg.device = distributed.start(cfg.device)
+    try:
+        if distributed.rank() == 0:
+            data.fetch(home, log=log)  # rank 0 alone may download and cache MNIST; the others read it after
+        distributed.barrier()
+        return _run(cfg, opt, args, home, command, log if distributed.rank() == 0 else lambda m: None)
+    finally:
+        distributed.stop()
+
+
+def _run(cfg, opt, args, home, command, log):
     import torch
 
     from . import checkpoint
-    from . import mnist as data
     from .training import train
 
     wall = time.perf_counter()
-    cfg, opt = train_settings(args)
-    check(cfg, opt, args.recipe, args.init)
     arrays = data.fetch(home, log=log)
     x, y, val, validate = hold_out(*data.tensors(arrays, "train"), cfg, opt)
     human = human_examples(home) if args.human else None
     model = start_model(cfg, args.init)
     start = time.perf_counter()
-    history = train(model, x, y, cfg, human=human, validate=validate)
+    history = train(model, x, y, cfg, human=human, validate=validate, progress=distributed.rank() == 0)
     seconds = time.perf_counter() - start
+    if distributed.active() and not distributed.same_weights(model):
+        raise RuntimeError("the training processes ended with different weights: nothing written")
+    if distributed.rank() != 0:
+        return None  # rank 0 measures and writes
     metrics = mnist_test_metrics(model.cpu().eval(), *data.tensors(arrays, "test"), opt)
     metrics.update({"train_seconds": round(seconds, 1), "history": history,
                     "human_examples": 0 if human is None else len(human[0]), "command": command,
-                    "torch": torch.__version__, "threads": torch.get_num_threads()})
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processes": int(os.environ.get("WORLD_SIZE", "1"))})
     if val:
         metrics["validation"] = val
     metrics["recipe"] = {"name": args.recipe, "train": asdict(cfg), **opt, "init": args.init, "human": args.human}

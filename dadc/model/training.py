@@ -17,6 +17,8 @@ Options for a stronger round-000 (issue 14), each off by default so the recipe a
   validate=fn    train(..., validate=fn): fn(model) -> {"score": ...} after every epoch, on the weights
                  that would be returned; the best-scoring epoch's weights are kept (selection on a
                  validation slice the caller held out of MNIST train, never on the test set)
+  torchrun       data-parallel (distributed.py): the net wrapped in DDP, the attack on the net itself,
+                 each process its DistributedSampler shard of every epoch and the same number of steps
 
 Why it is fast on a CPU: the data stays in tensors (no DataLoader), the attack computes only the
 input gradient, and metrics stay on the device until a progress update (no per-step .item()).
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .attacks import fgsm, pgd, trades_attack
 
 
@@ -147,6 +150,8 @@ def train(model, x, y, cfg: TrainConfig, human=None, callback=None, progress=Tru
     would be returned (the EMA's with cfg.ema); the model ends with the best-scoring epoch's weights.
     """
     cfg.check()
+    # the same seed in every process under torchrun: attack starts, dropout and validation draw alike
+    # in all, so all select the same epoch and end with the same weights (recipe.py checks it)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     pool = None
@@ -186,26 +191,35 @@ class _Run:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and fast_bf16(device))
         if device.type == "cpu":  # oneDNN's convolutions are fastest on NHWC tensors
             model.to(memory_format=torch.channels_last)
+        self.ddp = distributed.active()  # under torchrun: gradients averaged across processes (distributed.py)
+        self.attacked = self.net  # the attack runs on the net itself: its input gradients need no sync
+        if self.ddp:  # wrapped last: DDP takes the parameters as they are now
+            self.net = distributed.wrap(self.net, str(device))
         self.n, self.bs = len(data[0]), cfg.batch_size
-        self.total = max(1, round(cfg.epochs * math.ceil(self.n / self.bs)))
+        per_epoch = distributed.shard(self.n) if self.ddp else self.n  # under torchrun: this process's shard
+        self.total = max(1, round(cfg.epochs * math.ceil(per_epoch / self.bs)))
         # a batch is clean up to `split`, adversarial from there
         self.split = self.bs - int(round(cfg.fraction * self.bs)) if cfg.attack != "none" else self.bs
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        # the pool's picks differ per process under torchrun (else every shard's batch would swap in the
+        # same pool digits at the same places); rank 0 and a run without torchrun draw as before
+        self.gen = torch.Generator().manual_seed(cfg.seed + distributed.rank())
         self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema else None
         self.shadow = copy.deepcopy(model) if (self.ema is not None or validate) else None  # the weights to validate
         self.best = None                                                                      # (score, state_dict)
         self.late_from = self.total - round(cfg.late * self.total) if cfg.steps_late else self.total + 1
-        self.step = 0
+        self.step, self.epochs = 0, 0
 
     def epoch(self, bar, callback):
         """One pass over the data in a new random order, or what is left of the run's steps: the
         epoch's monitored metrics, seconds and throughput."""
         x, y, w = self.data
-        order = torch.randperm(self.n, generator=self.gen).to(self.device)
+        order = (distributed.order(self.n, self.epochs, self.cfg.seed) if self.ddp  # this process's shard
+                 else torch.randperm(self.n, generator=self.gen)).to(self.device)
+        self.epochs += 1
         sums = torch.zeros(4, device=self.device)  # clean loss, clean errors, adversarial loss, adversarial errors
         counts = [0, 0]                            # clean, adversarial examples seen
         start = time.perf_counter()
-        for i in range(0, self.n, self.bs):
+        for i in range(0, len(order), self.bs):
             if self.step >= self.total:
                 break
             idx = order[i:i + self.bs]
@@ -247,7 +261,7 @@ class _Run:
         if k < len(xb):  # attack the tail of the batch, in eval mode (inside the attack)
             eps, steps, alpha = self.budget()
             with self.autocast:
-                x_adv = _attack(self.net, xb[k:], yb[k:], eps, alpha, steps, cfg)
+                x_adv = _attack(self.attacked, xb[k:], yb[k:], eps, alpha, steps, cfg)
             if cfg.loss == "ce":
                 xb, x_adv = torch.cat([xb[:k], x_adv]), None
         for group in self.optimizer.param_groups:

@@ -141,6 +141,44 @@ class Registry:
                 files.write_atomic(self.root / "CURRENT", current)
         return adopted
 
+    def mirror(self, folders, current, history):
+        """Follow the record of rounds kept elsewhere (the model repo: a replica with
+        DADC_TRAINER=remote, and the trainer's working copy). The round folders given come in; a
+        round here of the same name but other weights (trained before this home followed) is moved
+        aside to rounds/.replaced/, never deleted. The history becomes `history` (bytes, the
+        record's); CURRENT becomes `current` if that round is here and loads. Returns CURRENT. A
+        round that does not load raises CheckpointError before anything of it comes in."""
+        with self._lock:
+            for src in map(Path, folders):
+                if not (ROUND_NAME.fullmatch(src.name) and all((src / f).is_file() for f in ROUND_FILES[:2])):
+                    continue
+                mine = self.root / src.name
+                if mine.exists() and (mine / ROUND_FILES[0]).read_bytes() == (src / ROUND_FILES[0]).read_bytes():
+                    continue
+                checkpoint.load(src)  # CheckpointError: a round that does not load never comes in
+                if mine.exists():
+                    aside = self.root / ".replaced" / f"{src.name}.{files.utc_now().replace(':', '')}"
+                    aside.parent.mkdir(exist_ok=True)
+                    os.replace(mine, aside)
+                tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".mirror."))
+                fds = [os.open(tmp, os.O_RDONLY)]
+                try:
+                    for f in ROUND_FILES:
+                        if (src / f).is_file() and not (src / f).is_symlink():
+                            fds.append(files.place(tmp / f, (src / f).read_bytes()))
+                    files.fsync_all(fds)  # the files are durable before the round is named
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                self._move_in(tmp, src.name)
+            if history is not None:
+                files.write_atomic(self.root / "history.jsonl", history)
+        named = (self.root / "CURRENT").read_text().strip() if (self.root / "CURRENT").exists() else None
+        if current in self.names() and current != named:
+            self.load(current)  # CURRENT never names a round the next start could not serve
+            files.write_atomic(self.root / "CURRENT", current)
+        return self.current()
+
     def state(self):
         """{path in the model repo: bytes} of what, besides the round folders, a fresh disk needs
         to serve the same round with the same history: CURRENT and history.jsonl."""
@@ -211,7 +249,8 @@ class Predictor:
         """(round name, 10 probabilities) for one float [28, 28] image in [0, 1]."""
         if not getattr(self._local, "ready", False):
             # one thread per request: torch's 2-thread pool only adds waits for a 28x28 image
-            # (60 ms instead of 0.2 ms when the cores are busy); this sets it for this thread only
+            # (60 ms instead of 0.2 ms when the cores are busy); this sets it for this thread and
+            # for threads started after it (an in-thread round too), not for those already running
             torch.set_num_threads(1)
             self._local.ready = True
         name, model = self.serving

@@ -11,6 +11,7 @@ app's background rounds and `python -m dadc retrain` alike. A background round t
 records nothing and tries again BUSY_RETRY_S later; a round recorded by another process (its
 "claimed" count) is read back before the next start, so its examples do not start a round again.
 """
+import functools
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from .. import config
 from .. import files
 from ..config import RoundConfig
 from ..examples import eligible, for_round, round_number, sample
+from . import isolate
 from .gate import REFERENCE, cached_reference, gate, matrix_row, measure, reference_settings
 
 
@@ -118,15 +120,22 @@ def human_families(hx, hy, cfg, seed):
     return jitter.families(hx, hy, family_size(len(hx), cfg), seed, cfg.jitter)
 
 
-def train_candidate(registry, net, x, y, human, cfg, attempt, progress=None):
+def run(isolated, fn, *args, **kwargs):
+    """fn(*args, **kwargs) here, or, for the app's background round (isolated), in a forked child at
+    the lowest CPU priority with one torch thread (isolate.py): the round takes longer, visitors'
+    requests do not (docs/BENCHMARKS.md)."""
+    return isolate.call(fn, *args, **kwargs) if isolated else fn(*args, **kwargs)
+
+
+def train_candidate(registry, net, x, y, human, cfg, attempt, progress=None, isolated=False):
     """Fine-tune round-000 (REFERENCE) on the round's data: (the candidate, in eval mode, and its
     training config). `fine_tune` is this module's, looked up at call time (tests replace it)."""
     model = registry.load(REFERENCE)[0]
     train_cfg = {"net": net, "epochs": cfg.epochs, "lr": cfg.lr, "warmup": 0.2, "attack": "pgd",
                  "eps": cfg.eps, "steps": cfg.steps, "human_repeat": cfg.human_repeat,
                  "human_weight": cfg.human_weight, "seed": cfg.seed + attempt, "init": REFERENCE}
-    state = fine_tune(model.state_dict(), net, x, y, *human, {k: v for k, v in train_cfg.items() if k != "init"},
-                      callback=progress)
+    state = run(isolated, fine_tune, model.state_dict(), net, x, y, *human,
+                {k: v for k, v in train_cfg.items() if k != "init"}, callback=progress)
     candidate, _, _ = registry.load(REFERENCE)
     candidate.load_state_dict(state)
     return candidate.eval(), train_cfg
@@ -137,8 +146,14 @@ class RetrainJob:
     examples have arrived since the last round started. Flags that arrive while it runs are counted,
     and start the next round as soon as this one ends: no trigger is lost, none runs twice."""
 
-    def __init__(self, registry, predictor, store, threshold, cfg=None, mnist=None, on_promote=None, on_stage=None):
+    def __init__(self, registry, predictor, store, threshold, cfg=None, mnist=None, on_promote=None, on_stage=None,
+                 finish=None, enabled=True):
+        """finish: (entry, candidate, net config, metrics or None, counts) -> the recorded entry, in
+        place of promoting and recording here (the trainer's compare-and-swap on the model repo).
+        enabled=False: rounds are trained elsewhere (DADC_TRAINER=remote); this job starts none."""
         self.registry, self.predictor, self.store = registry, predictor, store
+        self.finish, self.enabled = finish or functools.partial(promote_here, self), enabled
+        self.isolated = False  # True: the round's training and measuring run in a lowered child (isolate.py)
         self.threshold = int(threshold)
         self.cfg = cfg or RoundConfig.from_env()
         self.mnist = mnist            # () -> verified MNIST arrays (data.fetch); loaded on the first round
@@ -199,13 +214,13 @@ class RetrainJob:
     def run_now(self):
         """Retrain now, whatever the count. False if a round is running."""
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None or not self.enabled:
                 return False
             self._launch()
             return True
 
     def _maybe_start(self):  # lock held
-        if self._thread is None and self._eligible - self._claimed >= self.threshold \
+        if self._thread is None and self._eligible - self._claimed >= self.threshold and self.enabled \
                 and time.monotonic() >= self._not_before and not self._stopping.is_set() and not self._held:
             # another process (python -m dadc retrain) may have trained on some of them meanwhile
             self._claimed = max(self._claimed, self._claimed_on_record())
@@ -292,14 +307,16 @@ class RetrainJob:
         # data collected: fine-tuning the serving round compounds each round's small loss of clean
         # and PGD accuracy (simulate: MNIST test clean 99.23% -> 99.00% after four promoted rounds).
         candidate, train_cfg = train_candidate(self.registry, net_config["net"], x, y, human, self.cfg, attempt,
-                                               progress)
+                                               progress, self.isolated)
         reference = cached_reference(self.registry.history(), self.cfg)
         if reference is None:  # once per home (and settings): the floors' fixed reference
             self._stage(f"gate: measuring {REFERENCE} on the validation slice (once)")
-            reference = {"round": REFERENCE, **measure(self.registry.load(REFERENCE)[0], sets, self.cfg, ("val",)),
+            reference = {"round": REFERENCE, **run(self.isolated, measure, self.registry.load(REFERENCE)[0], sets,
+                                                   self.cfg, ("val",)),
                          "settings": reference_settings(self.cfg)}
         self._stage("gate: measuring the candidate")
-        before, after = measure(model, sets, self.cfg, ("holdout",)), measure(candidate, sets, self.cfg)
+        before = measure(model, sets, self.cfg, ("holdout",))  # a few hundred examples at most: here
+        after = run(self.isolated, measure, candidate, sets, self.cfg)
         after["matrix_row"] = matrix_row(candidate, self.store, hold_rows, map(round_number, self.registry.names()))
         passed, reasons, notes = gate(reference, before, after, self.cfg)
         seconds = round(time.perf_counter() - start, 1)
@@ -313,17 +330,22 @@ class RetrainJob:
                                 "steps": self.cfg.robust_steps, "split": "MNIST test, first n",
                                 "val_n": len(sets["val"][0]), "val_split": "MNIST train, last val_n"},
                        "train": train_cfg, "seconds": seconds}
-            entry["round"] = self._promote(candidate, net_config["net"], train_cfg, base, metrics, counts, entry)
-        self.registry.record(entry)
-        self.status = Status("idle", f"promoted {entry['round']}" if passed else "rejected: " + "; ".join(reasons))
+        entry = self.finish(entry, candidate, {"net": net_config["net"], "train": train_cfg, "parent": base},
+                            metrics if passed else None, counts)
+        self.status = Status("idle", f"promoted {entry['round']}" if entry["passed"]
+                             else "rejected: " + "; ".join(entry["reasons"]))
         return entry
 
-    def _promote(self, candidate, net, train_cfg, base, metrics, counts, entry):
-        name = self.registry.promote(candidate, {"net": net, "train": train_cfg, "parent": base}, metrics)
-        self.predictor.swap(name)
-        if self.on_promote:
+
+def promote_here(job, entry, candidate, net_config, metrics, counts):
+    """A RetrainJob's own finish: promote a passed candidate (metrics given) into its registry and
+    predictor (then on_promote: the Hub copy), and record the attempt."""
+    if metrics is not None:
+        entry["round"] = name = job.registry.promote(candidate, net_config, metrics)
+        job.predictor.swap(name)
+        if job.on_promote:
             try:
-                self.on_promote(self.registry.path(name), counts)
+                job.on_promote(job.registry.path(name), counts)
             except Exception as e:  # the Hub is a copy: a failed push never undoes a round
                 entry["push_error"] = str(e)
-        return name
+    return job.registry.record(entry)

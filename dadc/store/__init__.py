@@ -8,6 +8,6 @@ adopt.py     replicas restored from the Hub written in (fill_replica, Filled)
 """
 from .adopt import Filled, fill_replica
 from .flags import FlagStore, StoreError, human_tensors, keepable, png_bytes
-from .layout import FIELDS, MAX_SESSION, REPLICA_NAME, ROWS, VOTES
+from .layout import FIELDS, MAX_SESSION, PULLED, REPLICA_NAME, ROWS, VOTES
 
-__all__ = ["Filled", "fill_replica", "FlagStore", "StoreError", "human_tensors", "keepable", "png_bytes", "FIELDS", "MAX_SESSION", "REPLICA_NAME", "ROWS", "VOTES"]
+__all__ = ["Filled", "fill_replica", "FlagStore", "StoreError", "human_tensors", "keepable", "png_bytes", "FIELDS", "MAX_SESSION", "PULLED", "REPLICA_NAME", "ROWS", "VOTES"]

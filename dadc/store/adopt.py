@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import files
-from .layout import ROWS, VOTES
+from .layout import REPLICA_NAME, ROWS, VOTES
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Filled:
         return sum(self.skipped.values())
 
 
-def fill_replica(store, *srcs):
+def fill_replica(store, *srcs, extend=False):
     """Adopt replicas downloaded from the Hub that the store lacks. Each source has a `name` (the
     replica), `rows(known, skipped)` and `votes(known, skipped)` yielding checked, canonical rows
     (hub/rows.py: Shards for the parquet layout, Folder for the earlier one). Their rows are
@@ -29,23 +29,27 @@ def fill_replica(store, *srcs):
     our own, after the images they name are in place. Every replica's rows come first, then the
     votes, kept only when they name a row the store then has (a vote lives in the voter's replica;
     the flag it judges may be in another). Bad rows are skipped, logged one line each (logger
-    "dadc.restore") and counted by reason. Local rows are never merged with or overwritten."""
+    "dadc.restore") and counted by reason. Local rows are never merged with or overwritten.
+    extend=True: the replicas this store has already (the trainer's working copy) get the sources'
+    rows appended (ids it has are duplicates, skipped); this home's own replica is never touched."""
     skipped = Counter()
-    filled = {src: _fill_rows(store, src, skipped) for src in srcs}
+    filled = {src: _fill_rows(store, src, skipped, extend) for src in srcs}
     filled = {src: n for src, n in filled.items() if n is not None}
     known = _row_ids(store)
-    votes = sum(_fill_votes(store, src, known, skipped) for src in filled)
+    votes = sum(_fill_votes(store, src, known, skipped, extend) for src in filled)
     return Filled(added=sum(filled.values()), votes=votes, skipped=dict(skipped))
 
-def _fill_rows(store, src, skipped):
+def _fill_rows(store, src, skipped, extend=False):
     """Write the good rows of one replica and put their images in place first; the number written,
     or None if the store does not lack this replica (then nothing is touched)."""
-    if not store.hub.lacks_replica(src.name):
+    if extend and (src.name == store.replica or not REPLICA_NAME.fullmatch(src.name)):
+        return None  # never into this home's own folder, never a path from outside
+    if not (extend or store.hub.lacks_replica(src.name)):
         return None
     dest = store.root / "data" / src.name
     (dest / "images").mkdir(parents=True, exist_ok=True)
     with files.locked(dest / ROWS) as fd:
-        if os.fstat(fd).st_size:  # another process on this home filled it meanwhile
+        if os.fstat(fd).st_size and not extend:  # another process on this home filled it meanwhile
             return None
         rows = []
         for row, images in src.rows(_row_ids(store), skipped):  # streamed: one shard batch in memory
@@ -56,6 +60,7 @@ def _fill_rows(store, src, skipped):
         # took 85 % of a restore: 3 ms a file here), then their names
         os.sync()
         files.fsync_dir(dest / "images")
+        os.lseek(fd, 0, os.SEEK_END)  # extend: after the rows it has
         files.write_rows(fd, rows)  # a crash before this line leaves images no row names: harmless
     return len(rows)
 
@@ -70,12 +75,13 @@ def _put_image(dest, data):
     finally:
         os.close(fd)
 
-def _fill_votes(store, src, known, skipped):
+def _fill_votes(store, src, known, skipped, extend=False):
     """Write the good votes of one filled replica, unless its votes file has some already."""
     votes = src.votes(known, skipped)
     with files.locked(store.root / "data" / src.name / VOTES) as fd:
-        if os.fstat(fd).st_size:
+        if os.fstat(fd).st_size and not extend:
             return 0
+        os.lseek(fd, 0, os.SEEK_END)
         files.write_rows(fd, votes)
     return len(votes)
 

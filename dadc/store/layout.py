@@ -16,6 +16,7 @@ from string import Template
 
 ROWS, VOTES = "metadata.jsonl", "votes.jsonl"
 PUSHED = "pushed.json"  # what the pushes to each Hub repo carried (hub.sync), under flags/
+PULLED = "pulled.json"  # what a trainer's pulls took of each Hub repo (hub/mirror.py), under flags/
 FIELDS = ("file_name", "canvas_file_name", "label", "prediction", "confidences", "round", "time", "session", "id")
 MAX_SESSION = 200  # characters of a row's `session` (the visitor's id) kept
 REPLICA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a replica folder name from outside is used only if plain

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import files
-from .layout import PUSHED, REPLICA_NAME, ROWS, VOTES
+from .layout import PULLED, PUSHED, REPLICA_NAME, ROWS, VOTES
 
 
 @dataclass(frozen=True)
@@ -68,26 +68,27 @@ class HubFiles:
                 counts[name] = 0
         return counts
 
-    def pushed(self, repo_id):
+    def pushed(self, repo_id, name=PUSHED):
         """What earlier pushes of this replica to `repo_id` carried (flags/pushed.json), as
         hub/sync.py recorded it after each successful commit; {} if none (or the record is unreadable:
-        then everything is pushed again, which the shard names make harmless)."""
+        then everything is pushed again, which the shard names make harmless). name=PULLED: what a
+        trainer's pulls took (hub/mirror.py; unreadable: everything is pulled again, duplicates skipped)."""
         try:
-            record = json.loads((self.root / PUSHED).read_bytes())
+            record = json.loads((self.root / name).read_bytes())
         except (FileNotFoundError, ValueError):
             return {}
         marks = record.get(repo_id) if isinstance(record, dict) else None
         return marks if isinstance(marks, dict) else {}
 
-    def record_pushed(self, repo_id, marks):
+    def record_pushed(self, repo_id, marks, name=PUSHED):
         """Record (atomically) what the pushes to `repo_id` have carried so far; call after the
-        commit succeeded, under push_lock. Other repos' records are kept."""
+        commit succeeded, under push_lock. Other repos' records are kept. name=PULLED: the pulls'."""
         try:
-            record = json.loads((self.root / PUSHED).read_bytes())
+            record = json.loads((self.root / name).read_bytes())
         except (FileNotFoundError, ValueError):
             record = {}
         record = {**(record if isinstance(record, dict) else {}), repo_id: marks}
-        files.write_atomic(self.root / PUSHED, json.dumps(record, indent=1), self.root / "tmp")
+        files.write_atomic(self.root / name, json.dumps(record, indent=1), self.root / "tmp")
 
     @contextmanager
     def scratch(self):

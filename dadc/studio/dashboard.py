@@ -181,11 +181,19 @@ def _status(parts, collected, usable, admin, restoring):
     st = job.status
     lines = [f"Serving {parts.predictor.round} · {collected} example{'s' * (collected != 1)} collected "
              f"({usable} usable{' — verified only' if parts.cfg.verified_only else ''}) · "
-             f"{new} new, {more} more start the next round (threshold {job.threshold})"]
+             + (f"{new} new, {more} more start the next round (threshold {job.threshold})" if job.enabled
+                else "the trainer counts every replica's")]
     if st.state == "running":
         lines.append(f"Retraining: {st.stage}" + (f" {st.done}/{st.total} steps" if st.total else ""))
     elif st.stage:
         lines.append(f"Last round: {st.stage if admin or not st.stage.startswith('failed') else 'failed'}")
+    follow = sync.status().get("follow") if sync is not None else None
+    if follow is not None:
+        lines.append(f"Rounds: trained by the trainer (`python -m dadc trainer`), promoted on the model repo · "
+                     f"last check {follow['last_check'] or 'not yet'} (every {follow['every']:g} s) · "
+                     f"{follow['changes']} change{'s' * (follow['changes'] != 1)} followed")
+    else:
+        lines.append("Rounds: trained by this app")
     if restoring:
         lines.append("Restoring flags and rounds from the Hub: serving meanwhile, and no round starts until it is done")
     if sync is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import dashboard
 from ..model import mnist as data
+from .. import config
 from .. import files
 from .. import preprocess
 from ..model.checkpoint import CheckpointError
@@ -23,6 +24,7 @@ from ..rounds.registry import ROUND0, Predictor, Registry
 from ..rounds.retrain import RetrainJob
 from ..store import FlagStore, StoreError, keepable
 
+REMOTE_RETRAIN = "Rounds are trained by the trainer (DADC_TRAINER=remote): run `python -m dadc trainer --once` there."
 SHUTDOWN_S = (3.0, 5.0)  # at shutdown: wait for a round to stop, then for the final push (8 s < a Space's 10 s)
 
 
@@ -124,6 +126,8 @@ def receipt(job, cfg, name, digit, prediction, confidence):
     _, more = job.pending()
     verified = "verified " if cfg.verified_only else ""
     after = "A new round is training now." if job.running else f"{more} more {verified}until the next round."
+    if not job.enabled:
+        after = f"The trainer takes it into a coming round{' once verified' * cfg.verified_only}."
     r = round_number(name)
     if prediction != digit:
         return f"You fooled round {r}: it said {prediction}. {after}"
@@ -131,25 +135,52 @@ def receipt(job, cfg, name, digit, prediction, confidence):
             f"model reads right and counts toward the next round{' once verified' * cfg.verified_only}. {after}")
 
 
+def hold_home(home):
+    """The home's app lock (files.hold_app): one app per DADC_HOME, else a clear files.Busy."""
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        return files.hold_app(home)
+    except files.Busy as e:
+        raise files.Busy(f"another app is already running on DADC_HOME {home}: {e}. "
+                         "Stop it, or give this one its own DADC_HOME.") from None
+
+
+def remote(settings, sync):
+    """DADC_TRAINER=remote: this app trains nothing and follows the model repo (sync.follower)."""
+    if settings.trainer == "remote" and getattr(sync, "follower", None) is None:
+        raise ValueError("DADC_TRAINER=remote needs the Hub: HF_TOKEN, DADC_DATASET_REPO and DADC_MODEL_REPO")
+    return settings.trainer == "remote"
+
+
+def rollback_everywhere(sync, name, predictor):
+    """An admin's rollback on a replica that follows the model repo: made there (every replica
+    follows it), then followed here at once."""
+    try:
+        sync.rollback(name, why="asked on the dashboard or API of a replica")
+    except (ValueError, RuntimeError) as e:
+        raise StudioError(str(e)) from None
+    return {"serving": predictor.round}
+
+
 class Studio:
     def __init__(self, settings, round0=ROUND0, round_cfg=None, sync=None, mnist=None):
         """sync: a function (store, registry) -> HubSync or None (None: local only). One Studio per
         home: a second one (another app process on the same DADC_HOME) raises files.Busy."""
         self.settings = settings
-        settings.home.mkdir(parents=True, exist_ok=True)
-        try:
-            self._home_lock = files.hold_app(settings.home)  # held until the process ends
-        except files.Busy as e:
-            raise files.Busy(f"another app is already running on DADC_HOME {settings.home}: {e}. "
-                             "Stop it, or give this one its own DADC_HOME.") from None
+        self._home_lock = hold_home(settings.home)  # held until the process ends
         self.store = FlagStore(settings.home, admins=settings.admins)  # an admin's mark counts only from them
         self.registry = Registry(settings.home, round0)
         self.sync = sync(self.store, self.registry) if sync is not None else None
+        self.remote = remote(settings, self.sync)  # rounds are trained by `python -m dadc trainer`, elsewhere
         self.predictor = Predictor(self.registry)
         self.cfg = round_cfg or RoundConfig.from_env()
         self.job = RetrainJob(self.registry, self.predictor, self.store, settings.threshold, self.cfg,
                               mnist=mnist or (lambda: data.fetch(settings.home, log=lambda m: None)),
-                              on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None)
+                              on_promote=self.sync.push_round if self.sync and self.sync.model_repo else None,
+                              enabled=not self.remote)
+        self.job.isolated = settings.isolate_rounds and not config.zero_gpu()  # visitors keep the cores (isolate.py)
+        if self.remote:  # the model repo's rounds come in and are swapped in (hub/follow.py)
+            self.sync.follower.on_change = self.predictor.swap
         self.attempts = Attempts(settings.home / "rounds" / "attempts.json")
         self.nicknames = Nicknames(settings.home / "nicknames.json")
         self.limits = FlagLimits(settings, *stored_counts(self.store))
@@ -299,6 +330,8 @@ class Studio:
 
     def rollback(self, name, who=None):
         require_admin(self.is_admin(who), "roll back the served round")
+        if self.remote:  # every replica follows the model repo: roll back there
+            return rollback_everywhere(self.sync, name, self.predictor)
         if self.job.running:
             raise StudioError("A round is training: roll back when it has finished.")
         try:
@@ -321,7 +354,8 @@ class Studio:
 
     def retrain_now(self, who=None):
         require_admin(self.is_admin(who), "start a retraining round")
-        return "Retraining started." if self.job.run_now() else "A round is already training."
+        return (REMOTE_RETRAIN if self.remote else
+                "Retraining started." if self.job.run_now() else "A round is already training.")
 
     # --- dashboard ---
 

@@ -74,7 +74,7 @@ def identify(settings):
     secret, X-Forwarded-For trusted only for DADC_TRUSTED_PROXY_HOPS proxies), which a logged-in
     visitor keeps as `address_id` (their flags from this browser are their own). Never the session
     hash or anything else the client picks: a new session must not be a new person."""
-    secret = identity.home_secret(settings.home / "identity.key")
+    secret = settings.identity_key or identity.home_secret(settings.home / "identity.key")  # one for all replicas
 
     def who(request, profile=None):
         address_id = identity.client_identity(request, secret, settings.proxy_hops)
