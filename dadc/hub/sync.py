@@ -337,7 +337,10 @@ class HubSync:
         except Exception as e:
             raise self.log.fail(e, "rolling back on the model repo", "Nothing changed.") from None
         if self.follower is not None:
-            self.follower.check()
+            try:
+                self.follower.check()
+            except Exception as e:  # done on the repo: the next check follows it
+                self.log.fail(e, "following the rollback", "The next check of the model repo follows it.")
 
     def stop(self, timeout=60):
         """Final push (waiting at most `timeout` seconds), then stop. Safe to call twice."""
