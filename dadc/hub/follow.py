@@ -2,9 +2,9 @@
 DADC_FOLLOW_EVERY seconds (each wait drawn between 75 % and 95 % of it: N replicas do not knock
 at once, and a round promoted is served within DADC_FOLLOW_EVERY), one HEAD on rounds/CURRENT.
 The Hub answers it with the repo's head commit (X-Repo-Commit) and counts it against the resolver
-quota (5x the API quota). Only when that commit changed does the replica read
-the repo (model_repo.pull: CURRENT, the history, the CURRENT round if new), check the round (it
-must load) and hot-swap it."""
+quota (5x the API quota). Only when that commit changed does the replica read the repo
+(model_repo.pull: CURRENT, the history, the CURRENT round if new), check the round (it must load)
+and hot-swap it."""
 import random
 import threading
 
