@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,19 @@ def wait(cond, timeout, what, proc):
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def two_free_ports():
+    """A free port whose next one is free too: the fleet's replicas take PORT and PORT + 1."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
 
 
 def serving(home):
@@ -60,9 +74,7 @@ def test_two_replicas_and_a_trainer_one_round_from_both_served_by_both(tmp_path,
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest's default: offline
-    port = free_port()
-    while port + 1 == free_port():  # two ports in a row, as the fleet takes them
-        port = free_port()
+    port = two_free_ports()
     env = {**os.environ, "DADC_THRESHOLD": "4", "DADC_PUSH_DELAY": "1", "HF_HOME": str(tmp_path / "hf"),
            **{f"DADC_ROUND_{k.upper()}": str(v) for k, v in TINY.items()},
            "DADC_ROUND_CLEAN_DROP": "1", "DADC_ROUND_ROBUST_DROP": "1"}  # a gate that passes: this is about who serves
