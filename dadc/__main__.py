@@ -157,10 +157,8 @@ def cmd_rollback(args, settings):
 def cmd_trainer(args, settings):
     """The trainer role (hub/trainer.py): rounds from every replica's flags, promoted on the model
     repo. --once: one pass, its summary as the last stdout line (JSON); else a pass every --every s."""
-    import os
-
     if args.device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks for a GPU
+        config.hide_gpus()  # before torch first looks for a GPU
     from .hub.trainer import Trainer
 
     if args.device == "cuda":

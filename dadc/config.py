@@ -92,6 +92,16 @@ def hub_offline() -> bool:
     return _flag("HF_HUB_OFFLINE")
 
 
+def torchrun():
+    """(world size, local rank) that torchrun gave this process; (1, 0) without torchrun."""
+    return int(os.environ.get("WORLD_SIZE") or 1), int(os.environ.get("LOCAL_RANK") or 0)
+
+
+def hide_gpus():
+    """Make torch see no GPU (`--device cpu`): call before torch first looks for one."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def debug() -> bool:
     """DADC_DEBUG=1: the CLI shows tracebacks instead of one error line."""
     return bool(os.environ.get("DADC_DEBUG"))

@@ -69,3 +69,26 @@ def test_the_app_isolates_its_rounds_unless_told_not_to(tmp_path):
         studio = Studio(Settings(home=tmp_path / f"home{isolate_rounds}", isolate_rounds=isolate_rounds), round0)
         assert studio.job.isolated is isolate_rounds
         studio.stop()
+
+
+def test_stopping_the_app_kills_a_running_child_at_once():
+    """A child left running would hold the app's open files (its app.lock) after the app exited."""
+    import threading
+
+    errors = []
+    t = threading.Thread(target=lambda: _call_forever(errors))
+    t.start()
+    deadline = time.time() + 10
+    while not isolate._children and time.time() < deadline:
+        time.sleep(0.01)
+    isolate.kill_children()
+    t.join(10)
+    assert not t.is_alive() and errors and "child process died" in errors[0]
+    assert not isolate._children
+
+
+def _call_forever(errors):
+    try:
+        isolate.call(forever, callback=lambda: None)
+    except RuntimeError as e:
+        errors.append(str(e))

@@ -62,3 +62,23 @@ def test_a_foreground_round_trains_at_the_callers_speed(loop, tmp_path, monkeypa
     ran = json.loads(record.read_text())
     assert ran == {"pid": os.getpid(), "nice": nice, "threads": threads}
     assert here() == (nice, threads)
+
+
+def test_stopping_the_app_ends_an_isolated_round_as_stopped_not_failed(loop, monkeypatch):
+    """stop() kills the round's child at once (it holds the app's open files); the round is recorded
+    as stopped, so its examples start a round again after the restart."""
+    import time
+
+    from dadc.rounds import isolate
+
+    registry, predictor, store, make_job, arrays = loop
+    monkeypatch.setattr(retrain, "fine_tune", lambda *a, **k: time.sleep(600))
+    job = make_job(threshold=2)
+    job.isolated = True
+    flag_some(store, job, arrays, 2)
+    deadline = time.time() + 60
+    while not isolate._children and time.time() < deadline:
+        time.sleep(0.02)
+    assert isolate._children, "the round's child did not start"
+    assert job.stop(timeout=10)
+    assert registry.history()[-1]["event"] == "stopped" and not isolate._children

@@ -62,7 +62,7 @@ class Trainer:
             if held is None:
                 raise RuntimeError(f"a round is already training on DADC_HOME {self.settings.home}")
             self.pull()
-            self.log(f"model repo {self.repo}: serving {self.head.current or 'round-000'}")
+            self.log(f"model repo {self.repo}: serving {self.head.current or REFERENCE}")
             filled = mirror.pull_flags(self.api, self.settings.dataset_repo, self.store, self.settings.max_flags)
             self.log(f"dataset repo: {filled.added} new examples, {filled.votes} new votes"
                      + (f", {filled.skipped_rows} bad rows skipped" if filled.skipped_rows else ""))

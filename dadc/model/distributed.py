@@ -11,17 +11,17 @@ steps). `--batch-size` is per process: the global batch is K times it. Rank 0 al
 first (it may download and cache it), measures and writes the checkpoint; the others wait at a
 barrier where they would read what rank 0 wrote. Without torchrun nothing here runs.
 """
-import os
-
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from .. import config
+
 
 def launched():
     """Started by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return config.torchrun()[0] > 1
 
 
 def active():
@@ -33,11 +33,15 @@ def rank():
     return dist.get_rank() if active() else 0
 
 
+def world_size():
+    return dist.get_world_size() if active() else 1
+
+
 def start(device):
     """Join torchrun's process group; returns the device this process trains on ("cuda:LOCAL_RANK"
     for "cuda", else as given)."""
     if str(device).startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = config.torchrun()[1]
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")

@@ -204,7 +204,7 @@ def _run(cfg, opt, args, home, command, log):
     metrics.update({"train_seconds": round(seconds, 1), "history": history,
                     "human_examples": 0 if human is None else len(human[0]), "command": command,
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processes": int(os.environ.get("WORLD_SIZE", "1"))})
+                    "processes": distributed.world_size()})
     if val:
         metrics["validation"] = val
     metrics["recipe"] = {"name": args.recipe, "train": asdict(cfg), **opt, "init": args.init, "human": args.human}

@@ -14,9 +14,12 @@ fork hangs at its first use with GNU OpenMP)."""
 import os
 import pickle
 import signal
+import threading
 from multiprocessing import Pipe
 
 import torch
+
+_children, _lock = set(), threading.Lock()  # pids of the children running now (kill_children)
 
 
 def call(fn, *args, callback=None, **kwargs):
@@ -28,6 +31,8 @@ def call(fn, *args, callback=None, **kwargs):
     if pid == 0:
         _child(read, write, fn, args, kwargs, callback is not None)
     write.close()
+    with _lock:
+        _children.add(pid)
     try:
         while True:
             try:
@@ -46,6 +51,16 @@ def call(fn, *args, callback=None, **kwargs):
     finally:
         read.close()
         os.waitpid(pid, 0)
+        with _lock:
+            _children.discard(pid)
+
+
+def kill_children():
+    """Kill the children running now (the app is stopping). A child shares the parent's open files,
+    so one left running would hold the home's app.lock after the app exited: a restart would wait."""
+    with _lock:
+        for pid in _children:
+            os.kill(pid, signal.SIGKILL)
 
 
 def _child(read, write, fn, args, kwargs, report):

@@ -243,13 +243,14 @@ class RetrainJob:
                 busy = held is None
                 if not busy:
                     self.run_round(claimed)
-        except Stopped:
-            self.registry.record({"event": "stopped", "why": "the app shut down during the round"})
-            self.status = Status("idle", "stopped: the app shut down")
         except Exception as e:  # record it; serving goes on with the current round
-            self.registry.record({"event": "attempt", "claimed": claimed, "passed": False,
-                                  "reasons": [f"the round failed: {type(e).__name__}: {e}"]})
-            self.status = Status("idle", f"failed: {e}")
+            if isinstance(e, Stopped) or self._stopping.is_set():  # also: its child killed by stop()
+                self.registry.record({"event": "stopped", "why": "the app shut down during the round"})
+                self.status = Status("idle", "stopped: the app shut down")
+            else:
+                self.registry.record({"event": "attempt", "claimed": claimed, "passed": False,
+                                      "reasons": [f"the round failed: {type(e).__name__}: {e}"]})
+                self.status = Status("idle", f"failed: {e}")
         finally:
             with self._lock:
                 self._thread = None
@@ -269,6 +270,7 @@ class RetrainJob:
         """Bring a running round to a safe stop at its next step (never between saving a round and
         recording it) and wait for it at most `timeout` seconds; no round starts after this."""
         self._stopping.set()
+        isolate.kill_children()  # an isolated round's training or measuring: its child ends now
         return self.wait(timeout)
 
     def wait(self, timeout=None):

@@ -187,7 +187,8 @@ def _status(parts, collected, usable, admin, restoring):
         lines.append(f"Retraining: {st.stage}" + (f" {st.done}/{st.total} steps" if st.total else ""))
     elif st.stage:
         lines.append(f"Last round: {st.stage if admin or not st.stage.startswith('failed') else 'failed'}")
-    follow = sync.status().get("follow") if sync is not None else None
+    s = sync.status() if sync is not None else {}  # once: it reads the store's unpushed tail
+    follow = s.get("follow")
     if follow is not None:
         lines.append(f"Rounds: trained by the trainer (`python -m dadc trainer`), promoted on the model repo · "
                      f"last check {follow['last_check'] or 'not yet'} (every {follow['every']:g} s) · "
@@ -199,13 +200,11 @@ def _status(parts, collected, usable, admin, restoring):
     if sync is None:
         lines.append("Hub: not configured (HF_TOKEN and DADC_DATASET_REPO): flags are kept locally")
     elif admin:
-        s = sync.status()
         lines.append(f"Hub: {s['repo']} · last push {s['last_push'] or 'not yet'} · {s['pending']} pending"
                      + (f" · {s['last_error']}" if s["last_error"] else "")
                      + (f" · {sync.skipped_rows} bad Hub rows skipped at restore (see the log)"
                         if sync.skipped_rows else ""))
     else:
-        s = sync.status()
         lines.append(f"Hub: last push {s['last_push'] or 'not yet'} · {s['pending']} pending"
                      + (f" · {s['problem']}; retried" if s["problem"] else ""))
     return "\n\n".join(lines)
